@@ -1,0 +1,23 @@
+//! # headclip
+//!
+//! The HeadCLIP engine: zero-shot anomaly detection with a frozen CLIP whose text prompts and
+//! attention-head weights are adapted to the anomaly domain (arXiv 2505.22259), computed with
+//! libtorch through `tch`. The model follows `shared/docs/headclip-spec.md`.
+//!
+//! Rooms, in the order data flows through them:
+//! - [`data`]: decoding images and masks from bytes, PIL-exact resizing, normalisation.
+//! - [`clip`]: CLIP itself (tokenizer, text and vision transformers, checkpoint formats).
+//! - [`model`]: HeadCLIP on top of CLIP: prompts, head weights, parameters file, scores and maps.
+//! - [`metrics`]: image- and pixel-level metrics of the evaluation protocol.
+//! - [`viz`]: heat-map overlays.
+//! - [`weights`]: the official CLIP checkpoints, their checksums, and downloading them.
+//!
+//! This crate must not print, parse command lines or decide policy about files on disk beyond
+//! what it is asked to read or write: that belongs to `headclip-cli`.
+
+pub mod clip;
+pub mod data;
+pub mod metrics;
+pub mod model;
+pub mod viz;
+pub mod weights;
