@@ -21,3 +21,18 @@ pub mod metrics;
 pub mod model;
 pub mod viz;
 pub mod weights;
+
+/// Writes `bytes` to `path` so that readers see the old file or the whole new one, never a part:
+/// a temporary file in the same folder, flushed, then renamed over the target.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}

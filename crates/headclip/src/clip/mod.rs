@@ -1,1 +1,41 @@
-//! placeholder
+//! CLIP: the frozen backbone. Tokenizer, text and vision transformers, and the checkpoint
+//! formats users hold. The vision transformer already carries HeadCLIP's value–value path,
+//! because it shares the blocks' weights; what the paths are weighted with comes from
+//! [`crate::model`].
+
+mod checkpoint;
+mod config;
+mod layers;
+mod text;
+mod tokenizer;
+mod vision;
+
+pub use checkpoint::{load_state_dict, CheckpointError, CheckpointFormat, StateDict};
+pub use config::{ClipConfig, TextConfig, VisionConfig};
+pub use layers::l2_normalize as layers_l2_normalize;
+pub use text::TextTransformer;
+pub use tokenizer::{ClipTokenizer, TokenizeError, CONTEXT_LENGTH};
+pub use vision::{DpamOptions, HeadWeightFn, VisionOutput, VisionTransformer};
+
+use tch::Device;
+
+/// A loaded CLIP model: both towers, frozen.
+pub struct Clip {
+    pub config: ClipConfig,
+    pub vision: VisionTransformer,
+    pub text: TextTransformer,
+}
+
+impl Clip {
+    /// Builds CLIP from a state dict in OpenAI's key layout, moving the weights to `device`.
+    pub fn from_state_dict(state: &StateDict, device: Device) -> Result<Self, CheckpointError> {
+        let config = ClipConfig::infer(state)?;
+        let vision = VisionTransformer::new(state, &config.vision, config.embed_dim, device)?;
+        let text = TextTransformer::new(state, &config.text, config.embed_dim, device)?;
+        Ok(Self {
+            config,
+            vision,
+            text,
+        })
+    }
+}

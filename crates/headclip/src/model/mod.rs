@@ -1,1 +1,191 @@
-//! placeholder
+//! HeadCLIP on top of a frozen CLIP: learned (or ensemble) text features, learnable head weights
+//! on the value–value path, anomaly maps and the joint anomaly score.
+
+mod config;
+mod lhw;
+mod params;
+pub mod prompts;
+pub mod scoring;
+
+pub use config::{
+    check_image_size, default_layers, ConfigError, HeadClipConfig, LhwForm, LhwPaths,
+    ResolvedConfig,
+};
+pub use lhw::head_weights;
+pub use params::{HeadClipParams, ParamsError, CONFIG_KEY, DEFAULT_DEEP_PROMPTS};
+
+use tch::{Device, Tensor};
+
+use crate::clip::{Clip, ClipTokenizer, DpamOptions, TokenizeError};
+
+/// Where the text features came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptMode {
+    Learned,
+    TrainingFree,
+}
+
+/// One image's result.
+#[derive(Debug, Clone)]
+pub struct ImageScore {
+    /// The joint anomaly score `s`.
+    pub score: f32,
+    /// `s_g`, from the global feature.
+    pub global_score: f32,
+    /// `s_p`, the mean of the top fraction of the smoothed map.
+    pub pixel_score: f32,
+    /// The smoothed anomaly map, S×S, row-major, values in [0, 1].
+    pub map: Vec<f32>,
+}
+
+/// Raw batch outputs before smoothing, for callers that need the per-layer maps.
+pub struct BatchOutput {
+    /// `s_g` per image: [B]
+    pub global_score: Tensor,
+    /// `M_l` per read-out layer: [B, R, S, S]
+    pub layer_maps: Tensor,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tokenize(#[from] TokenizeError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub struct HeadClip {
+    pub clip: Clip,
+    pub config: ResolvedConfig,
+    pub params: Option<HeadClipParams>,
+    pub mode: PromptMode,
+    /// `[t_n, t_a]`: [2, E]
+    pub text_features: Tensor,
+}
+
+impl HeadClip {
+    /// With learned parameters (already checked against the backbone by
+    /// [`HeadClipParams::load`]), or without them in the training-free mode.
+    pub fn new(
+        clip: Clip,
+        params: Option<HeadClipParams>,
+        config: ResolvedConfig,
+    ) -> Result<Self, ModelError> {
+        let device = clip.text.device();
+        let tokenizer = ClipTokenizer::new();
+        let params = params.map(|p| p.to_device(device));
+        if let Some(p) = &params {
+            if p.deep.len() + 1 > clip.text.layers() {
+                return Err(ModelError::Invalid(format!(
+                    "{} deep prompts need {} text blocks, the text tower has {}",
+                    p.deep.len(),
+                    p.deep.len() + 1,
+                    clip.text.layers()
+                )));
+            }
+        }
+        let text_features = {
+            let _guard = tch::no_grad_guard();
+            match &params {
+                Some(p) => prompts::learned_text_features(&clip.text, &tokenizer, p)?,
+                None => prompts::ensemble_text_features(&clip.text, &tokenizer, "object")?,
+            }
+        };
+        let mode = if params.is_some() {
+            PromptMode::Learned
+        } else {
+            PromptMode::TrainingFree
+        };
+        Ok(Self {
+            clip,
+            config,
+            params,
+            mode,
+            text_features,
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.clip.text.device()
+    }
+
+    pub fn image_size(&self) -> i64 {
+        self.config.image_size
+    }
+
+    pub fn dpam_options(&self) -> DpamOptions {
+        DpamOptions {
+            start: self.config.dpam_start,
+            readout: self.config.readout.clone(),
+            weight_original_path: self.config.lhw_paths == LhwPaths::Both,
+            global_ln_post: self.config.global_ln_post,
+        }
+    }
+
+    /// Global scores and per-layer maps for a batch of normalised images [B, 3, S, S].
+    pub fn forward(&self, images: &Tensor, text_features: &Tensor) -> BatchOutput {
+        let images = images
+            .to_device(self.device())
+            .to_kind(self.clip.vision.kind());
+        let weights = |block: usize, h: &Tensor| {
+            self.params
+                .as_ref()
+                .map(|p| head_weights(&self.config, p, block, h))
+        };
+        let out = self
+            .clip
+            .vision
+            .forward(&images, &self.dpam_options(), &weights);
+        let text = text_features.to_kind(out.global.kind());
+        let global_score = scoring::two_class_probabilities(&out.global, &text).select(1, 1);
+        let layer_maps = scoring::layer_maps(&out.patch_features, &text, images.size()[3]);
+        BatchOutput {
+            global_score,
+            layer_maps,
+        }
+    }
+
+    /// Scores a batch of normalised images [B, 3, S, S] (no autograd).
+    pub fn score(&self, images: &Tensor) -> Vec<ImageScore> {
+        let _guard = tch::no_grad_guard();
+        let out = self.forward(images, &self.text_features);
+        self.finish(&out)
+    }
+
+    /// Smoothing and the joint score, on the CPU.
+    pub fn finish(&self, out: &BatchOutput) -> Vec<ImageScore> {
+        let maps = out
+            .layer_maps
+            .mean_dim(1, false, tch::Kind::Float)
+            .to_device(Device::Cpu)
+            .contiguous();
+        let global = out
+            .global_score
+            .to_kind(tch::Kind::Float)
+            .to_device(Device::Cpu);
+        let (b, side) = (maps.size()[0], maps.size()[1]);
+        let global: Vec<f32> = Vec::try_from(&global).unwrap_or_default();
+        let flat: Vec<f32> = Vec::try_from(&maps.view([-1])).unwrap_or_default();
+        let plane = (side * side) as usize;
+        (0..b as usize)
+            .map(|i| {
+                let map = scoring::gaussian_smooth(
+                    &flat[i * plane..(i + 1) * plane],
+                    side as usize,
+                    self.config.smoothing_sigma,
+                );
+                let pixel_score = scoring::top_fraction_mean(&map, self.config.jas_top_fraction);
+                let global_score = global[i];
+                ImageScore {
+                    score: scoring::joint_score(global_score, pixel_score, self.config.jas_lambda),
+                    global_score,
+                    pixel_score,
+                    map,
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,193 @@
+//! The pieces both towers are made of: pre-LN residual blocks with multi-head attention and a
+//! QuickGELU MLP, in OpenAI's parameter layout (`nn.MultiheadAttention`'s fused `in_proj`).
+
+use tch::{Device, Tensor};
+
+use super::checkpoint::{CheckpointError, StateDict};
+
+pub(crate) fn load(
+    state: &StateDict,
+    key: &str,
+    shape: &[i64],
+    device: Device,
+) -> Result<Tensor, CheckpointError> {
+    Ok(state
+        .get_shaped(key, shape)?
+        .to_device(device)
+        .set_requires_grad(false))
+}
+
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    dim: i64,
+}
+
+impl LayerNorm {
+    pub fn new(
+        state: &StateDict,
+        prefix: &str,
+        dim: i64,
+        device: Device,
+    ) -> Result<Self, CheckpointError> {
+        Ok(Self {
+            weight: load(state, &format!("{prefix}.weight"), &[dim], device)?,
+            bias: load(state, &format!("{prefix}.bias"), &[dim], device)?,
+            dim,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.layer_norm([self.dim], Some(&self.weight), Some(&self.bias), 1e-5, true)
+    }
+}
+
+pub struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn new(
+        state: &StateDict,
+        prefix: &str,
+        out: i64,
+        inp: i64,
+        device: Device,
+    ) -> Result<Self, CheckpointError> {
+        Ok(Self {
+            weight: load(state, &format!("{prefix}.weight"), &[out, inp], device)?,
+            bias: load(state, &format!("{prefix}.bias"), &[out], device)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, Some(&self.bias))
+    }
+}
+
+/// Multi-head attention weights; the attention itself is left to the caller, because HeadCLIP's
+/// blocks attend twice (q·k and v·v) with the same projections.
+pub struct Attention {
+    in_proj: Linear,
+    out_proj: Linear,
+    pub heads: i64,
+}
+
+impl Attention {
+    /// `x`: [B, N, D] → (q, k, v), each [B, H, N, d].
+    pub fn qkv(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let (b, n, d) = x.size3().expect("[B, N, D]");
+        let split = |t: Tensor| t.view([b, n, self.heads, d / self.heads]).transpose(1, 2);
+        let qkv = self.in_proj.forward(x).chunk(3, -1);
+        let mut it = qkv.into_iter();
+        let (q, k, v) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        (split(q), split(k), split(v))
+    }
+
+    /// `z`: [B, H, N, d] → W_O·concat_h(z_h) + b_O: [B, N, D].
+    pub fn merge(&self, z: &Tensor) -> Tensor {
+        let (b, h, n, d) = z.size4().expect("[B, H, N, d]");
+        self.out_proj
+            .forward(&z.transpose(1, 2).reshape([b, n, h * d]))
+    }
+}
+
+/// softmax(a bᵀ / √d) v, per head. a, b, v: [B, H, N, d].
+pub fn attend(a: &Tensor, b: &Tensor, v: &Tensor, causal: bool) -> Tensor {
+    Tensor::scaled_dot_product_attention(a, b, v, None::<Tensor>, 0.0, causal, None, false)
+}
+
+pub struct Mlp {
+    c_fc: Linear,
+    c_proj: Linear,
+}
+
+impl Mlp {
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let h = self.c_fc.forward(x);
+        // QuickGELU, as OpenAI's CLIP was trained with.
+        let h = &h * (&h * 1.702).sigmoid();
+        self.c_proj.forward(&h)
+    }
+}
+
+/// One pre-LN residual block: `o ← o + MHA(LN1(o))`, then `o ← o + MLP(LN2(o))`.
+pub struct Block {
+    pub ln_1: LayerNorm,
+    pub attn: Attention,
+    pub ln_2: LayerNorm,
+    pub mlp: Mlp,
+}
+
+impl Block {
+    pub fn new(
+        state: &StateDict,
+        prefix: &str,
+        width: i64,
+        heads: i64,
+        device: Device,
+    ) -> Result<Self, CheckpointError> {
+        Ok(Self {
+            ln_1: LayerNorm::new(state, &format!("{prefix}.ln_1"), width, device)?,
+            attn: Attention {
+                in_proj: Linear {
+                    weight: load(
+                        state,
+                        &format!("{prefix}.attn.in_proj_weight"),
+                        &[3 * width, width],
+                        device,
+                    )?,
+                    bias: load(
+                        state,
+                        &format!("{prefix}.attn.in_proj_bias"),
+                        &[3 * width],
+                        device,
+                    )?,
+                },
+                out_proj: Linear::new(
+                    state,
+                    &format!("{prefix}.attn.out_proj"),
+                    width,
+                    width,
+                    device,
+                )?,
+                heads,
+            },
+            ln_2: LayerNorm::new(state, &format!("{prefix}.ln_2"), width, device)?,
+            mlp: Mlp {
+                c_fc: Linear::new(
+                    state,
+                    &format!("{prefix}.mlp.c_fc"),
+                    4 * width,
+                    width,
+                    device,
+                )?,
+                c_proj: Linear::new(
+                    state,
+                    &format!("{prefix}.mlp.c_proj"),
+                    width,
+                    4 * width,
+                    device,
+                )?,
+            },
+        })
+    }
+
+    /// The ordinary block. x: [B, N, D].
+    pub fn forward(&self, x: &Tensor, causal: bool) -> Tensor {
+        let (q, k, v) = self.attn.qkv(&self.ln_1.forward(x));
+        let x = x + self.attn.merge(&attend(&q, &k, &v, causal));
+        &x + self.mlp.forward(&self.ln_2.forward(&x))
+    }
+
+    /// The MLP half of the block, for callers that did the attention half themselves.
+    pub fn mlp_residual(&self, x: &Tensor) -> Tensor {
+        x + self.mlp.forward(&self.ln_2.forward(x))
+    }
+}
+
+/// L2-normalises along the last dimension.
+pub fn l2_normalize(x: &Tensor) -> Tensor {
+    x / x.norm_scalaropt_dim(2.0, [-1], true).clamp_min(1e-12)
+}

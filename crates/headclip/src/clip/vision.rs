@@ -1,0 +1,185 @@
+//! The vision tower with HeadCLIP's two attention paths (spec: "Image encoder").
+//!
+//! Blocks before the DPAM start are ordinary. From block `l₀` on, each block also attends
+//! value-to-value with the same weights, `z'_h = softmax(v_h v_hᵀ/√d) v_h`, and adds
+//! `W_O·concat_h(w_{l,h} z'_h) + b_O` to a second residual stream `s` that starts from `o_{l₀−1}`
+//! and never feeds a later block. Read-out layers give patch tokens from `s` (or `o` before `l₀`).
+
+use tch::{Device, Kind, Tensor};
+
+use super::checkpoint::{CheckpointError, StateDict};
+use super::config::VisionConfig;
+use super::layers::{attend, l2_normalize, load, Block, LayerNorm};
+
+pub struct VisionTransformer {
+    pub config: VisionConfig,
+    conv1: Tensor,
+    class_embedding: Tensor,
+    positional_embedding: Tensor,
+    ln_pre: LayerNorm,
+    pub blocks: Vec<Block>,
+    ln_post: LayerNorm,
+    proj: Tensor,
+}
+
+/// How the two-path blocks run.
+#[derive(Debug, Clone)]
+pub struct DpamOptions {
+    /// `l₀`, 1-based: the first block with the value–value path.
+    pub start: usize,
+    /// Read-out layers, 1-based, ascending.
+    pub readout: Vec<usize>,
+    /// Also scale the original path's heads (`lhw_paths = both`).
+    pub weight_original_path: bool,
+    /// Apply `ln_post` to the global token (standard CLIP) rather than AnomalyCLIP's plain token.
+    pub global_ln_post: bool,
+}
+
+pub struct VisionOutput {
+    /// `g`, L2-normalised: [B, E].
+    pub global: Tensor,
+    /// `F_l` per read-out layer in `readout` order, L2-normalised, CLS first: [B, N, E].
+    pub patch_features: Vec<Tensor>,
+}
+
+/// Head weights for one DPAM block: given the block's index from `l₀` (0-based) and
+/// `LN1(o_{l−1})` [B, N, D], returns `w` [B, H], or `None` for all ones.
+pub type HeadWeightFn<'a> = dyn Fn(usize, &Tensor) -> Option<Tensor> + 'a;
+
+impl VisionTransformer {
+    pub fn new(
+        state: &StateDict,
+        config: &VisionConfig,
+        embed_dim: i64,
+        device: Device,
+    ) -> Result<Self, CheckpointError> {
+        let (w, p, g) = (config.width, config.patch, config.pretrained_grid);
+        let blocks = (0..config.layers)
+            .map(|i| {
+                Block::new(
+                    state,
+                    &format!("visual.transformer.resblocks.{i}"),
+                    w,
+                    config.heads,
+                    device,
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            config: config.clone(),
+            conv1: load(state, "visual.conv1.weight", &[w, 3, p, p], device)?,
+            class_embedding: load(state, "visual.class_embedding", &[w], device)?,
+            positional_embedding: load(
+                state,
+                "visual.positional_embedding",
+                &[g * g + 1, w],
+                device,
+            )?,
+            ln_pre: LayerNorm::new(state, "visual.ln_pre", w, device)?,
+            blocks,
+            ln_post: LayerNorm::new(state, "visual.ln_post", w, device)?,
+            proj: load(state, "visual.proj", &[w, embed_dim], device)?,
+        })
+    }
+
+    /// The positional embedding for a `grid`×`grid` input: the patch part resized bilinearly
+    /// (align_corners false) when the grid differs from the pretrained one; CLS kept. [N, D]
+    fn positional_embedding(&self, grid: i64) -> Tensor {
+        let g0 = self.config.pretrained_grid;
+        if grid == g0 {
+            return self.positional_embedding.shallow_clone();
+        }
+        let d = self.config.width;
+        let cls = self.positional_embedding.narrow(0, 0, 1);
+        let patch = self
+            .positional_embedding
+            .narrow(0, 1, g0 * g0)
+            .view([1, g0, g0, d])
+            .permute([0, 3, 1, 2]);
+        let patch = patch.upsample_bilinear2d([grid, grid], false, None, None);
+        let patch = patch.permute([0, 2, 3, 1]).reshape([grid * grid, d]);
+        Tensor::cat(&[cls, patch], 0)
+    }
+
+    /// images: [B, 3, S, S] (normalised), S a multiple of the patch size.
+    pub fn forward(
+        &self,
+        images: &Tensor,
+        opts: &DpamOptions,
+        head_weights: &HeadWeightFn,
+    ) -> VisionOutput {
+        let b = images.size()[0];
+        let d = self.config.width;
+        let x = images.conv2d(
+            &self.conv1,
+            None::<Tensor>,
+            [self.config.patch; 2],
+            [0, 0],
+            [1, 1],
+            1,
+        );
+        let grid = x.size()[2]; // [B, D, G, G]
+        let x = x.flatten(2, 3).transpose(1, 2); // [B, G², D]
+        let cls = self
+            .class_embedding
+            .view([1, 1, d])
+            .expand([b, 1, d], false)
+            .to_kind(x.kind());
+        let x = Tensor::cat(&[cls, x], 1) + self.positional_embedding(grid);
+        let mut o = self.ln_pre.forward(&x); // [B, N, D]
+        let mut s: Option<Tensor> = None;
+        let mut readout_tokens = Vec::with_capacity(opts.readout.len());
+
+        for (i, block) in self.blocks.iter().enumerate() {
+            let layer = i + 1;
+            if layer < opts.start {
+                o = block.forward(&o, false);
+            } else {
+                let h = block.ln_1.forward(&o);
+                let (q, k, v) = block.attn.qkv(&h);
+                let w = head_weights(layer - opts.start, &h)
+                    .map(|w| w.view([b, block.attn.heads, 1, 1]));
+                let z_vv = attend(&v, &v, &v, false);
+                let z_vv = match &w {
+                    Some(w) => z_vv * w,
+                    None => z_vv,
+                };
+                let stream = s.take().unwrap_or_else(|| o.shallow_clone());
+                s = Some(stream + block.attn.merge(&z_vv));
+                let z = attend(&q, &k, &v, false);
+                let z = match (&w, opts.weight_original_path) {
+                    (Some(w), true) => z * w,
+                    _ => z,
+                };
+                o = block.mlp_residual(&(&o + block.attn.merge(&z)));
+            }
+            if opts.readout.contains(&layer) {
+                let tokens = match &s {
+                    Some(s) if layer >= opts.start => s.shallow_clone(),
+                    _ => o.shallow_clone(),
+                };
+                readout_tokens.push(tokens);
+            }
+        }
+
+        let cls = o.select(1, 0);
+        let cls = if opts.global_ln_post {
+            self.ln_post.forward(&cls)
+        } else {
+            cls
+        };
+        let global = l2_normalize(&cls.matmul(&self.proj));
+        let patch_features = readout_tokens
+            .iter()
+            .map(|t| l2_normalize(&self.ln_post.forward(t).matmul(&self.proj)))
+            .collect();
+        VisionOutput {
+            global,
+            patch_features,
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.conv1.kind()
+    }
+}
