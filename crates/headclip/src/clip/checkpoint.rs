@@ -58,11 +58,13 @@ pub enum CheckpointFormat {
 pub struct StateDict {
     tensors: HashMap<String, Tensor>,
     pub format: CheckpointFormat,
+    /// Marked as random weights (tests and benchmarks only) by `headclip weights random`.
+    pub random: bool,
 }
 
 impl StateDict {
     pub fn from_tensors(tensors: HashMap<String, Tensor>, format: CheckpointFormat) -> Self {
-        Self { tensors, format }
+        Self { tensors, format, random: false }
     }
 
     pub fn get(&self, key: &str) -> Result<&Tensor, CheckpointError> {
@@ -200,6 +202,10 @@ fn load_safetensors(path: &Path) -> Result<StateDict, LoadError> {
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
         LoadError::Format(format!("not a valid safetensors file (truncated?): {e}"))
     })?;
+    let random = safetensors::SafeTensors::read_metadata(&bytes)
+        .ok()
+        .and_then(|(_, m)| m.metadata().as_ref().map(|m| m.get(super::RANDOM_MARKER).is_some_and(|v| v == "true")))
+        .unwrap_or(false);
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
         let kind = match view.dtype() {
@@ -225,14 +231,13 @@ fn load_safetensors(path: &Path) -> Result<StateDict, LoadError> {
         let name = name.strip_prefix("module.").unwrap_or(&name).to_string();
         tensors.insert(name, t);
     }
-    if tensors.keys().any(|k| k.starts_with("vision_model.")) {
-        from_hugging_face(tensors).map_err(LoadError::Clip)
+    let mut state = if tensors.keys().any(|k| k.starts_with("vision_model.")) {
+        from_hugging_face(tensors).map_err(LoadError::Clip)?
     } else {
-        Ok(StateDict::from_tensors(
-            tensors,
-            CheckpointFormat::OpenAiSafetensors,
-        ))
-    }
+        StateDict::from_tensors(tensors, CheckpointFormat::OpenAiSafetensors)
+    };
+    state.random = random;
+    Ok(state)
 }
 
 /// Renames Hugging Face `transformers` CLIP keys to OpenAI's, merging the separate q/k/v

@@ -6,11 +6,13 @@
 mod checkpoint;
 mod config;
 mod layers;
+mod random;
 mod text;
 mod tokenizer;
 mod vision;
 
 pub use checkpoint::{load_state_dict, CheckpointError, CheckpointFormat, StateDict};
+pub use random::{random_clip, random_clip_safetensors, RandomClipShape, RANDOM_MARKER, RANDOM_SHAPES};
 pub use config::{ClipConfig, TextConfig, VisionConfig};
 pub use layers::l2_normalize as layers_l2_normalize;
 pub use text::TextTransformer;

@@ -21,7 +21,7 @@ pub fn head_weights(
     let mut logits = theta.unsqueeze(0).expand([b, heads], false);
     if let (true, Some(u)) = (config.lhw_dynamic, &params.u) {
         let c = layers_l2_normalize(&h.select(1, 0)); // ĉ: [B, D]
-        logits = logits + c.matmul(&u.get(block as i64).tr()); // [B, H]
+        logits += c.matmul(&u.get(block as i64).tr()); // [B, H]
     }
     match config.lhw_form {
         LhwForm::Softmax => logits.softmax(-1, Kind::Float) * heads as f64,
