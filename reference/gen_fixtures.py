@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -93,6 +94,87 @@ def save_torchscript(model: torch.nn.Module, res: int, path: Path):
     torch.jit.save(traced, str(path))
 
 
+def to_hugging_face(sd: dict) -> dict:
+    """OpenAI's key layout → Hugging Face `transformers` CLIPModel's (q/k/v split, projections
+    as Linear weights). Checked against transformers' own CLIPModel in check_hugging_face."""
+    out = {}
+    ren = {
+        "visual.class_embedding": "vision_model.embeddings.class_embedding",
+        "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
+        "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
+        "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",
+        "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
+        "visual.ln_post.weight": "vision_model.post_layernorm.weight",
+        "visual.ln_post.bias": "vision_model.post_layernorm.bias",
+        "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+        "positional_embedding": "text_model.embeddings.position_embedding.weight",
+        "ln_final.weight": "text_model.final_layer_norm.weight",
+        "ln_final.bias": "text_model.final_layer_norm.bias",
+        "logit_scale": "logit_scale",
+    }
+    block = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1",
+             "mlp.c_proj": "mlp.fc2", "attn.out_proj": "self_attn.out_proj"}
+    for k, v in sd.items():
+        if k in ren:
+            out[ren[k]] = v
+        elif k == "visual.proj":
+            out["visual_projection.weight"] = v.T.contiguous()
+        elif k == "text_projection":
+            out["text_projection.weight"] = v.T.contiguous()
+        else:
+            tower, rest = ("vision_model", k[len("visual.transformer.resblocks."):]) \
+                if k.startswith("visual.") else ("text_model", k[len("transformer.resblocks."):])
+            i, name = rest.split(".", 1)
+            prefix = f"{tower}.encoder.layers.{i}"
+            if name.startswith("attn.in_proj_"):
+                part = name[len("attn.in_proj_"):]
+                for proj, chunk in zip("qkv", v.chunk(3, dim=0)):
+                    out[f"{prefix}.self_attn.{proj}_proj.{part}"] = chunk.contiguous()
+                continue
+            for a, b in block.items():
+                if name.startswith(a + "."):
+                    out[f"{prefix}.{b}{name[len(a):]}"] = v
+                    break
+            else:
+                raise KeyError(k)
+    return out
+
+
+def check_hugging_face(hf: dict, model, p: dict, images: torch.Tensor):
+    """Loads the converted weights into transformers' CLIPModel and compares its features with
+    OpenAI's model, so the key mapping is proven by transformers' own code."""
+    try:
+        from transformers import CLIPConfig, CLIPModel
+    except ImportError:
+        print("transformers not installed: Hugging Face layout not cross-checked")
+        return
+    config = CLIPConfig(
+        text_config=dict(hidden_size=p["t_width"], intermediate_size=4 * p["t_width"],
+                         num_hidden_layers=p["t_layers"], num_attention_heads=p["t_width"] // 64,
+                         max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu",
+                         projection_dim=p["embed"], eos_token_id=49407),
+        vision_config=dict(hidden_size=p["v_width"], intermediate_size=4 * p["v_width"],
+                           num_hidden_layers=p["v_layers"], num_attention_heads=p["v_width"] // 64,
+                           image_size=p["res"], patch_size=p["patch"], hidden_act="quick_gelu",
+                           projection_dim=p["embed"]),
+        projection_dim=p["embed"])
+    hf_model = CLIPModel(config).eval()
+    missing, unexpected = hf_model.load_state_dict({k: v.float() for k, v in hf.items()}, strict=False)
+    missing = [m for m in missing if not m.endswith("position_ids")]
+    assert not missing and not unexpected, (missing, unexpected)
+    ids = ref.template_tokens()
+    with torch.no_grad():
+        small = F.interpolate(images, size=(p["res"], p["res"]), mode="bilinear")
+        a = hf_model.get_image_features(pixel_values=small)
+        b = model.encode_image(small)
+        c = hf_model.get_text_features(input_ids=ids)
+        d = model.encode_text(ids)
+    a, c = (getattr(x, "pooler_output", x) for x in (a, c))
+    assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+    assert torch.allclose(c, d, atol=1e-4), (c - d).abs().max()
+    print("Hugging Face layout checked against transformers.CLIPModel")
+
+
 def load_images(side: int, count: int) -> torch.Tensor:
     mean = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
     std = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
@@ -120,6 +202,10 @@ def main():
     save_torchscript(model, p["res"], out / "clip_openai.pt")
 
     images = load_images(p["side"], p["images"])
+    hf = to_hugging_face(sd)
+    check_hugging_face(hf, model, p, images)
+    if args.preset == "tiny":
+        save_file(hf, str(out / "clip_hf.safetensors"))
     expected = {"images": images, "tokens": ref.template_tokens()}
 
     cases = {

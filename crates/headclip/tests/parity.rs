@@ -182,3 +182,15 @@ fn training_free_ensemble() {
         check_case(&model, "ensemble", &exp);
     }
 }
+
+#[test]
+fn hugging_face_layout_gives_the_same_model() {
+    let (exp, _) = expected();
+    let hf = load_state_dict(&fixtures().join("clip_hf.safetensors")).unwrap();
+    assert_eq!(hf.format, CheckpointFormat::HuggingFaceSafetensors);
+    let clip = Clip::from_state_dict(&hf, Device::Cpu).unwrap();
+    let (params, _, resolved) =
+        HeadClipParams::load(&fixtures().join("params_learned.safetensors"), &clip.config).unwrap();
+    let model = HeadClip::new(clip, Some(params), resolved).unwrap();
+    check_case(&model, "learned", &exp);
+}

@@ -18,11 +18,14 @@ pub fn head_weights(
     let b = h.size()[0];
     let theta = params.theta.get(block as i64); // [H]
     let heads = theta.size()[0];
-    let mut logits = theta.unsqueeze(0).expand([b, heads], false);
-    if let (true, Some(u)) = (config.lhw_dynamic, &params.u) {
-        let c = layers_l2_normalize(&h.select(1, 0)); // ĉ: [B, D]
-        logits += c.matmul(&u.get(block as i64).tr()); // [B, H]
-    }
+    let theta = theta.unsqueeze(0).expand([b, heads], false);
+    let logits = match (config.lhw_dynamic, &params.u) {
+        (true, Some(u)) => {
+            let c = layers_l2_normalize(&h.select(1, 0)); // ĉ: [B, D]
+            theta + c.matmul(&u.get(block as i64).tr()) // [B, H]
+        }
+        _ => theta,
+    };
     match config.lhw_form {
         LhwForm::Softmax => logits.softmax(-1, Kind::Float) * heads as f64,
         LhwForm::Sigmoid => logits.sigmoid() * 2.0,
