@@ -186,6 +186,40 @@ def load_images(side: int, count: int) -> torch.Tensor:
     return torch.stack(out)
 
 
+def training_masks(side: int) -> torch.Tensor:
+    """Masks for the two fixture images: the real MVTec mask of the broken bottle, none for the
+    good one."""
+    m = Image.open(SHARED / "mvtec_bottle/bottle/ground_truth/broken_large/000_mask.png").convert("L")
+    m = (np.asarray(m) >= 128).astype(np.uint8) * 255
+    m = Image.fromarray(m).resize((side, side), Image.BILINEAR)
+    m = torch.from_numpy((np.asarray(m) > 127).astype(np.float32))
+    return torch.stack([m, torch.zeros_like(m)])
+
+
+def training_fixture(model, p: dict, images: torch.Tensor, cases: dict, seed: int) -> dict:
+    """One training step per head-weight variant: loss terms, gradients of every trainable
+    tensor, and the parameters after one Adam step (lr 1e-3, betas 0.5/0.999)."""
+    out = {"train.masks": training_masks(p["side"]), "train.labels": torch.tensor([1, 0])}
+    for i, (name, cfg) in enumerate(cases.items()):
+        if name == "identity":
+            continue
+        params = random_params(p, cfg, seed + 1 + i)
+        named = ref.trainable(params)
+        for t in named.values():
+            t.requires_grad_(True)
+        loss = ref.training_loss(model, images, out["train.labels"], out["train.masks"], cfg, params)
+        loss["total"].backward()
+        for k, v in loss.items():
+            out[f"train.{name}.loss.{k}"] = v.detach().reshape(1)
+        for k, t in named.items():
+            out[f"train.{name}.grad.{k}"] = t.grad.detach().clone()
+        optimizer = torch.optim.Adam(list(named.values()), lr=1e-3, betas=(0.5, 0.999))
+        optimizer.step()
+        for k, t in named.items():
+            out[f"train.{name}.after.{k}"] = t.detach().clone()
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
@@ -233,6 +267,9 @@ def main():
         expected["ensemble.text"] = text
         for k, v in ref.score(model, images, text, cfg, ref.Params()).items():
             expected[f"ensemble.{k}"] = torch.as_tensor(np.asarray(v, dtype=np.float32))
+
+    if args.preset == "tiny":
+        expected.update(training_fixture(model, p, images, cases, args.seed))
 
     meta = {"preset": args.preset, "seed": str(args.seed), "image_size": str(p["side"]),
             "readout": json.dumps(p["readout"]), "dpam_start": str(p["dpam_start"]),

@@ -229,3 +229,49 @@ def score(model, images: torch.Tensor, text: torch.Tensor, cfg: Config, params: 
         "pixel_score": pixel_score,
         "score": joint,
     }
+
+
+# ---------------------------------------------------------------- training
+
+
+def focal_loss(p: torch.Tensor, mask: torch.Tensor, gamma: float = 2.0, smooth: float = 1e-5):
+    """AnomalyCLIP's focal loss on probabilities p [B, 2, S, S] against a 0/1 mask [B, S, S]."""
+    one_hot = torch.stack([1 - mask, mask], dim=1).clamp(smooth, 1 - smooth)
+    pt = (one_hot * p).sum(dim=1) + smooth
+    return (-(1 - pt) ** gamma * pt.log()).mean()
+
+
+def dice_loss(p: torch.Tensor, target: torch.Tensor):
+    """1 − (2Σpy + 1)/(Σp + Σy + 1) per image, mean over the batch. p, target: [B, S, S]"""
+    b = p.shape[0]
+    p, target = p.reshape(b, -1), target.reshape(b, -1)
+    return (1 - (2 * (p * target).sum(1) + 1) / (p.sum(1) + target.sum(1) + 1)).mean()
+
+
+def training_loss(model, images, labels, masks, cfg: Config, params: Params) -> dict:
+    """The AnomalyCLIP-protocol loss, straightforwardly with autograd through everything."""
+    side = images.shape[-1]
+    text = encode_prompted_text(model, params)
+    g, feats = encode_image(model, images, cfg, params)
+    ce = F.cross_entropy(g @ text.T / TAU, labels)
+    focal = torch.zeros(())
+    dice = torch.zeros(())
+    for l in sorted(feats):
+        p = torch.softmax(feats[l][:, 1:] @ text.T / TAU, dim=-1)
+        grid = round(math.sqrt(p.shape[1]))
+        p = p.permute(0, 2, 1).reshape(-1, 2, grid, grid)
+        p = F.interpolate(p, size=(side, side), mode="bilinear", align_corners=False)
+        focal = focal + focal_loss(p, masks)
+        dice = dice + dice_loss(p[:, 1], masks) + dice_loss(p[:, 0], 1 - masks)
+    total = ce + focal + dice
+    return {"total": total, "ce": ce, "focal": focal, "dice": dice}
+
+
+def trainable(params: Params) -> dict:
+    named = {"prompt.ctx_pos": params.ctx_pos, "prompt.ctx_neg": params.ctx_neg,
+             "lhw.theta": params.theta}
+    for i, d in enumerate(params.deep):
+        named[f"prompt.deep.{i}"] = d
+    if params.u is not None:
+        named["lhw.u"] = params.u
+    return named

@@ -17,8 +17,10 @@
 
 pub mod clip;
 pub mod data;
+pub mod datasets;
 pub mod metrics;
 pub mod model;
+pub mod train;
 pub mod viz;
 pub mod weights;
 

@@ -64,7 +64,11 @@ pub struct StateDict {
 
 impl StateDict {
     pub fn from_tensors(tensors: HashMap<String, Tensor>, format: CheckpointFormat) -> Self {
-        Self { tensors, format, random: false }
+        Self {
+            tensors,
+            format,
+            random: false,
+        }
     }
 
     pub fn get(&self, key: &str) -> Result<&Tensor, CheckpointError> {
@@ -204,7 +208,11 @@ fn load_safetensors(path: &Path) -> Result<StateDict, LoadError> {
     })?;
     let random = safetensors::SafeTensors::read_metadata(&bytes)
         .ok()
-        .and_then(|(_, m)| m.metadata().as_ref().map(|m| m.get(super::RANDOM_MARKER).is_some_and(|v| v == "true")))
+        .and_then(|(_, m)| {
+            m.metadata()
+                .as_ref()
+                .map(|m| m.get(super::RANDOM_MARKER).is_some_and(|v| v == "true"))
+        })
         .unwrap_or(false);
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {

@@ -85,6 +85,11 @@ impl Attention {
         (split(q), split(k), split(v))
     }
 
+    /// `W_O`: [D, D] (output features × concatenated heads).
+    pub fn out_proj_weight(&self) -> &Tensor {
+        &self.out_proj.weight
+    }
+
     /// `z`: [B, H, N, d] → W_O·concat_h(z_h) + b_O: [B, N, D].
     pub fn merge(&self, z: &Tensor) -> Tensor {
         let (b, h, n, d) = z.size4().expect("[B, H, N, d]");

@@ -12,12 +12,14 @@ mod tokenizer;
 mod vision;
 
 pub use checkpoint::{load_state_dict, CheckpointError, CheckpointFormat, StateDict};
-pub use random::{random_clip, random_clip_safetensors, RandomClipShape, RANDOM_MARKER, RANDOM_SHAPES};
 pub use config::{ClipConfig, TextConfig, VisionConfig};
 pub use layers::l2_normalize as layers_l2_normalize;
+pub use random::{
+    random_clip, random_clip_safetensors, RandomClipShape, RANDOM_MARKER, RANDOM_SHAPES,
+};
 pub use text::TextTransformer;
 pub use tokenizer::{ClipTokenizer, TokenizeError, CONTEXT_LENGTH};
-pub use vision::{DpamOptions, HeadWeightFn, VisionOutput, VisionTransformer};
+pub use vision::{DpamOptions, HeadWeightFn, Trunk, VisionOutput, VisionTransformer};
 
 use tch::Device;
 

@@ -23,11 +23,56 @@ pub struct RandomClipShape {
 }
 
 pub const RANDOM_SHAPES: [RandomClipShape; 5] = [
-    RandomClipShape { name: "ViT-L-14-336", embed: 768, vision_layers: 24, vision_width: 1024, patch: 14, resolution: 336, text_width: 768, text_layers: 12 },
-    RandomClipShape { name: "ViT-L-14", embed: 768, vision_layers: 24, vision_width: 1024, patch: 14, resolution: 224, text_width: 768, text_layers: 12 },
-    RandomClipShape { name: "ViT-B-16", embed: 512, vision_layers: 12, vision_width: 768, patch: 16, resolution: 224, text_width: 512, text_layers: 12 },
-    RandomClipShape { name: "ViT-B-32", embed: 512, vision_layers: 12, vision_width: 768, patch: 32, resolution: 224, text_width: 512, text_layers: 12 },
-    RandomClipShape { name: "tiny", embed: 64, vision_layers: 6, vision_width: 128, patch: 16, resolution: 64, text_width: 64, text_layers: 9 },
+    RandomClipShape {
+        name: "ViT-L-14-336",
+        embed: 768,
+        vision_layers: 24,
+        vision_width: 1024,
+        patch: 14,
+        resolution: 336,
+        text_width: 768,
+        text_layers: 12,
+    },
+    RandomClipShape {
+        name: "ViT-L-14",
+        embed: 768,
+        vision_layers: 24,
+        vision_width: 1024,
+        patch: 14,
+        resolution: 224,
+        text_width: 768,
+        text_layers: 12,
+    },
+    RandomClipShape {
+        name: "ViT-B-16",
+        embed: 512,
+        vision_layers: 12,
+        vision_width: 768,
+        patch: 16,
+        resolution: 224,
+        text_width: 512,
+        text_layers: 12,
+    },
+    RandomClipShape {
+        name: "ViT-B-32",
+        embed: 512,
+        vision_layers: 12,
+        vision_width: 768,
+        patch: 32,
+        resolution: 224,
+        text_width: 512,
+        text_layers: 12,
+    },
+    RandomClipShape {
+        name: "tiny",
+        embed: 64,
+        vision_layers: 6,
+        vision_width: 128,
+        patch: 16,
+        resolution: 64,
+        text_width: 64,
+        text_layers: 9,
+    },
 ];
 
 const VOCAB: i64 = 49408;
@@ -64,13 +109,24 @@ pub fn random_clip(shape: &RandomClipShape, seed: i64) -> Vec<(String, Tensor)> 
     };
     let (vw, g) = (shape.vision_width, shape.resolution / shape.patch);
     let scale = (vw as f64).powf(-0.5);
-    out.push(("visual.conv1.weight".into(), randn(&[vw, 3, shape.patch, shape.patch], 0.02)));
+    out.push((
+        "visual.conv1.weight".into(),
+        randn(&[vw, 3, shape.patch, shape.patch], 0.02),
+    ));
     out.push(("visual.class_embedding".into(), randn(&[vw], scale)));
-    out.push(("visual.positional_embedding".into(), randn(&[g * g + 1, vw], scale)));
+    out.push((
+        "visual.positional_embedding".into(),
+        randn(&[g * g + 1, vw], scale),
+    ));
     out.push(("visual.ln_pre.weight".into(), norm(&[vw])));
     out.push(("visual.ln_pre.bias".into(), randn(&[vw], 0.05)));
     for i in 0..shape.vision_layers {
-        block(&mut out, format!("visual.transformer.resblocks.{i}"), vw, shape.vision_layers);
+        block(
+            &mut out,
+            format!("visual.transformer.resblocks.{i}"),
+            vw,
+            shape.vision_layers,
+        );
     }
     out.push(("visual.ln_post.weight".into(), norm(&[vw])));
     out.push(("visual.ln_post.bias".into(), randn(&[vw], 0.05)));
@@ -79,17 +135,33 @@ pub fn random_clip(shape: &RandomClipShape, seed: i64) -> Vec<(String, Tensor)> 
     out.push(("token_embedding.weight".into(), randn(&[VOCAB, tw], 0.02)));
     out.push(("positional_embedding".into(), randn(&[CONTEXT, tw], 0.01)));
     for i in 0..shape.text_layers {
-        block(&mut out, format!("transformer.resblocks.{i}"), tw, shape.text_layers);
+        block(
+            &mut out,
+            format!("transformer.resblocks.{i}"),
+            tw,
+            shape.text_layers,
+        );
     }
     out.push(("ln_final.weight".into(), norm(&[tw])));
     out.push(("ln_final.bias".into(), randn(&[tw], 0.05)));
-    out.push(("text_projection".into(), randn(&[tw, shape.embed], (tw as f64).powf(-0.5))));
-    out.push(("logit_scale".into(), Tensor::from_slice(&[(1.0f32 / 0.07).ln()])));
-    out.into_iter().map(|(k, t)| (k, t.to_kind(Kind::Half).contiguous())).collect()
+    out.push((
+        "text_projection".into(),
+        randn(&[tw, shape.embed], (tw as f64).powf(-0.5)),
+    ));
+    out.push((
+        "logit_scale".into(),
+        Tensor::from_slice(&[(1.0f32 / 0.07).ln()]),
+    ));
+    out.into_iter()
+        .map(|(k, t)| (k, t.to_kind(Kind::Half).contiguous()))
+        .collect()
 }
 
 /// Serialises a random checkpoint as safetensors bytes, with the random marker.
-pub fn random_clip_safetensors(shape: &RandomClipShape, seed: i64) -> Result<Vec<u8>, safetensors::SafeTensorError> {
+pub fn random_clip_safetensors(
+    shape: &RandomClipShape,
+    seed: i64,
+) -> Result<Vec<u8>, safetensors::SafeTensorError> {
     let tensors = random_clip(shape, seed);
     let data: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
@@ -97,12 +169,21 @@ pub fn random_clip_safetensors(shape: &RandomClipShape, seed: i64) -> Result<Vec
             let n = t.numel();
             let mut bytes = vec![0u8; n * 2];
             t.copy_data_u8(&mut bytes, n);
-            (k.clone(), bytes, t.size().iter().map(|&d| d as usize).collect())
+            (
+                k.clone(),
+                bytes,
+                t.size().iter().map(|&d| d as usize).collect(),
+            )
         })
         .collect();
     let views = data
         .iter()
-        .map(|(k, b, s)| Ok((k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F16, s.clone(), b)?)))
+        .map(|(k, b, s)| {
+            Ok((
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F16, s.clone(), b)?,
+            ))
+        })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
     let metadata = HashMap::from([
         (RANDOM_MARKER.to_string(), "true".to_string()),

@@ -42,6 +42,18 @@ pub struct VisionOutput {
     pub patch_features: Vec<Tensor>,
 }
 
+/// Raw outputs of the blocks.
+pub struct Trunk {
+    /// `o_L[CLS]`: [B, D]
+    pub global_token: Tensor,
+    /// Tokens of each read-out layer (`s_l`, or `o_l` before `l₀`): [B, N, D]
+    pub readout_tokens: Vec<Tensor>,
+    /// Per two-path block, the unweighted value–value output `z'`: [B, H, N, d] (if kept).
+    pub vv: Vec<Tensor>,
+    /// Per two-path block, `LN1(o_{l−1})[CLS]`: [B, D] (if kept).
+    pub ln1_cls: Vec<Tensor>,
+}
+
 /// Head weights for one DPAM block: given the block's index from `l₀` (0-based) and
 /// `LN1(o_{l−1})` [B, N, D], returns `w` [B, H], or `None` for all ones.
 pub type HeadWeightFn<'a> = dyn Fn(usize, &Tensor) -> Option<Tensor> + 'a;
@@ -108,6 +120,26 @@ impl VisionTransformer {
         opts: &DpamOptions,
         head_weights: &HeadWeightFn,
     ) -> VisionOutput {
+        let trunk = self.trunk(images, opts, head_weights, false);
+        VisionOutput {
+            global: self.project_global(&trunk.global_token, opts.global_ln_post),
+            patch_features: trunk
+                .readout_tokens
+                .iter()
+                .map(|t| self.project_patch(t))
+                .collect(),
+        }
+    }
+
+    /// The blocks, returning the raw tokens. With `keep_vv`, also what the value–value path's
+    /// gradient needs: each two-path block's unweighted `z'` and `LN1(o_{l−1})`'s CLS token.
+    pub fn trunk(
+        &self,
+        images: &Tensor,
+        opts: &DpamOptions,
+        head_weights: &HeadWeightFn,
+        keep_vv: bool,
+    ) -> Trunk {
         let b = images.size()[0];
         let d = self.config.width;
         let x = images.conv2d(
@@ -128,7 +160,12 @@ impl VisionTransformer {
         let x = Tensor::cat(&[cls, x], 1) + self.positional_embedding(grid);
         let mut o = self.ln_pre.forward(&x); // [B, N, D]
         let mut s: Option<Tensor> = None;
-        let mut readout_tokens = Vec::with_capacity(opts.readout.len());
+        let mut trunk = Trunk {
+            global_token: Tensor::new(),
+            readout_tokens: Vec::with_capacity(opts.readout.len()),
+            vv: Vec::new(),
+            ln1_cls: Vec::new(),
+        };
 
         for (i, block) in self.blocks.iter().enumerate() {
             let layer = i + 1;
@@ -139,7 +176,11 @@ impl VisionTransformer {
                 let (q, k, v) = block.attn.qkv(&h);
                 let w = head_weights(layer - opts.start, &h)
                     .map(|w| w.view([b, block.attn.heads, 1, 1]));
-                let z_vv = attend(&v, &v, &v, false);
+                let z_vv = attend(&v, &v, &v, false); // [B, H, N, d]
+                if keep_vv {
+                    trunk.vv.push(z_vv.shallow_clone());
+                    trunk.ln1_cls.push(h.select(1, 0));
+                }
                 let z_vv = match &w {
                     Some(w) => z_vv * w,
                     None => z_vv,
@@ -158,25 +199,26 @@ impl VisionTransformer {
                     Some(s) if layer >= opts.start => s.shallow_clone(),
                     _ => o.shallow_clone(),
                 };
-                readout_tokens.push(tokens);
+                trunk.readout_tokens.push(tokens);
             }
         }
+        trunk.global_token = o.select(1, 0);
+        trunk
+    }
 
-        let cls = o.select(1, 0);
-        let cls = if opts.global_ln_post {
-            self.ln_post.forward(&cls)
+    /// `g = o_L[CLS]·proj` (after `ln_post` if asked), L2-normalised. [B, D] → [B, E]
+    pub fn project_global(&self, token: &Tensor, ln_post: bool) -> Tensor {
+        let token = if ln_post {
+            self.ln_post.forward(token)
         } else {
-            cls
+            token.shallow_clone()
         };
-        let global = l2_normalize(&cls.matmul(&self.proj));
-        let patch_features = readout_tokens
-            .iter()
-            .map(|t| l2_normalize(&self.ln_post.forward(t).matmul(&self.proj)))
-            .collect();
-        VisionOutput {
-            global,
-            patch_features,
-        }
+        l2_normalize(&token.matmul(&self.proj))
+    }
+
+    /// `F_l = ln_post(tokens)·proj`, L2-normalised per token. [B, N, D] → [B, N, E]
+    pub fn project_patch(&self, tokens: &Tensor) -> Tensor {
+        l2_normalize(&self.ln_post.forward(tokens).matmul(&self.proj))
     }
 
     pub fn kind(&self) -> Kind {

@@ -1,0 +1,179 @@
+//! One training step's loss and gradients.
+//!
+//! With head weights on the value–value path only (`lhw_paths = vv`), a block's weights reach
+//! the output only through the stream `s`, which is a sum:
+//! `s_l = s_{l₀−1} + Σ_{j ≤ l} (W_O,j · concat_h(w_{j,h} z'_{j,h}) + b_O,j)`.
+//! So `∂L/∂w_{j,h} = Σ_b,n ⟨(Σ_{l ∈ R, l ≥ j} ∂L/∂s_l) W_O,j |_h , z'_{j,h}⟩`: the image trunk runs
+//! once without autograd, keeping each block's `z'`, and autograd only runs from the read-out
+//! tokens onwards (and through the text tower for the prompts). With `lhw_paths = both` the
+//! weights change the trunk itself, and autograd runs through all of it.
+
+use tch::{Kind, Tensor};
+
+use super::loss::{global_loss, pixel_loss, LossTerms};
+use crate::clip::{Clip, ClipTokenizer, DpamOptions};
+use crate::model::prompts::learned_text_features;
+use crate::model::{head_weights, HeadClipParams, LhwPaths, ResolvedConfig};
+
+/// A batch on the model's device.
+pub struct Batch {
+    /// Normalised images: [B, 3, S, S]
+    pub images: Tensor,
+    /// 1 = anomalous: [B] int64
+    pub labels: Tensor,
+    /// 0/1 masks (all 0 for normal images): [B, S, S] f32
+    pub masks: Tensor,
+}
+
+/// Which loss terms are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LossSelection {
+    pub global: bool,
+    pub pixel: bool,
+}
+
+impl Default for LossSelection {
+    fn default() -> Self {
+        Self {
+            global: true,
+            pixel: true,
+        }
+    }
+}
+
+/// The trainable tensors of `params`, in a fixed order (names as in the parameters file).
+pub fn trainable(params: &HeadClipParams) -> Vec<(String, &Tensor)> {
+    let mut out: Vec<(String, &Tensor)> = vec![
+        ("prompt.ctx_pos".into(), &params.ctx_pos),
+        ("prompt.ctx_neg".into(), &params.ctx_neg),
+    ];
+    out.extend(
+        params
+            .deep
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("prompt.deep.{i}"), t)),
+    );
+    out.push(("lhw.theta".into(), &params.theta));
+    if let Some(u) = &params.u {
+        out.push(("lhw.u".into(), u));
+    }
+    out
+}
+
+/// Computes the batch loss and leaves the gradients in the trainable tensors' `.grad()`
+/// (which must require grad; they are zeroed first).
+pub fn loss_and_gradients(
+    clip: &Clip,
+    tokenizer: &ClipTokenizer,
+    config: &ResolvedConfig,
+    params: &HeadClipParams,
+    batch: &Batch,
+    terms: LossSelection,
+) -> Result<LossTerms, crate::clip::TokenizeError> {
+    for (_, t) in trainable(params) {
+        let mut g = t.grad();
+        if g.defined() {
+            let _ = g.zero_();
+        }
+    }
+    let opts = DpamOptions {
+        start: config.dpam_start,
+        readout: config.readout.clone(),
+        weight_original_path: config.lhw_paths == LhwPaths::Both,
+        global_ln_post: config.global_ln_post,
+    };
+    let text = learned_text_features(&clip.text, tokenizer, params)?; // [2, E], with grad
+    let vision = &clip.vision;
+    let loss = |global: &Tensor, readout: &[Tensor]| {
+        let zero = || Tensor::zeros([], (Kind::Float, text.device()));
+        let ce = if terms.global {
+            global_loss(global, &text, &batch.labels)
+        } else {
+            zero()
+        };
+        let (mut focal, mut dice) = (zero(), zero());
+        if terms.pixel {
+            for tokens in readout {
+                let (f, d) = pixel_loss(&vision.project_patch(tokens), &text, &batch.masks);
+                focal += f;
+                dice += d;
+            }
+        }
+        (ce, focal, dice)
+    };
+    let summarise = |ce: &Tensor, focal: &Tensor, dice: &Tensor, total: &Tensor| LossTerms {
+        total: total.double_value(&[]),
+        ce: ce.double_value(&[]),
+        focal: focal.double_value(&[]),
+        dice: dice.double_value(&[]),
+    };
+
+    if config.lhw_paths == LhwPaths::Both {
+        let weights = |block: usize, h: &Tensor| Some(head_weights(config, params, block, h));
+        let trunk = vision.trunk(&batch.images, &opts, &weights, false);
+        let global = vision.project_global(&trunk.global_token, opts.global_ln_post);
+        let (ce, focal, dice) = loss(&global, &trunk.readout_tokens);
+        let total = &ce + &focal + &dice;
+        total.backward();
+        return Ok(summarise(&ce, &focal, &dice, &total));
+    }
+
+    // Value–value path only: the trunk without autograd, keeping z' per two-path block.
+    let trunk = {
+        let _guard = tch::no_grad_guard();
+        let weights = |block: usize, h: &Tensor| Some(head_weights(config, params, block, h));
+        vision.trunk(&batch.images, &opts, &weights, true)
+    };
+    let global = {
+        let _guard = tch::no_grad_guard();
+        vision.project_global(&trunk.global_token, opts.global_ln_post)
+    };
+    let leaves: Vec<Tensor> = trunk
+        .readout_tokens
+        .iter()
+        .map(|t| t.detach().set_requires_grad(true))
+        .collect();
+    let (ce, focal, dice) = loss(&global, &leaves);
+    let total = &ce + &focal + &dice;
+    total.backward();
+
+    // ∂L/∂w per two-path block, from suffix sums of the read-out gradients.
+    let blocks = &vision.blocks[config.dpam_start - 1..];
+    let mut suffix: Option<Tensor> = None;
+    let mut weight_grads: Vec<Option<Tensor>> = (0..blocks.len()).map(|_| None).collect();
+    for j in (0..blocks.len()).rev() {
+        let layer = config.dpam_start + j;
+        if let Some(r) = config.readout.iter().position(|&l| l == layer) {
+            let g = leaves[r].grad();
+            suffix = Some(match suffix.take() {
+                Some(s) => s + g,
+                None => g,
+            });
+        }
+        let Some(grad_s) = &suffix else { continue };
+        let z = &trunk.vv[j]; // [B, H, N, d]
+        let (b, h, n, d) = z.size4().expect("z' is [B, H, N, d]");
+        let grad_concat = grad_s.matmul(blocks[j].attn.out_proj_weight()); // [B, N, H·d]
+        let grad_z = grad_concat.view([b, n, h, d]).transpose(1, 2);
+        weight_grads[j] = Some((grad_z * z).sum_dim_intlist([2, 3].as_slice(), false, Kind::Float));
+    }
+    // Chain rule from w to θ (and U) through the tiny graph of the head-weight function.
+    let mut surrogate: Option<Tensor> = None;
+    for (j, grad) in weight_grads.iter().enumerate() {
+        let Some(grad) = grad else { continue };
+        let h_cls = trunk.ln1_cls[j].unsqueeze(1); // the function reads h[:, 0]
+        let w = head_weights(config, params, j, &h_cls);
+        let term = (w * grad).sum(Kind::Float);
+        surrogate = Some(match surrogate.take() {
+            Some(s) => s + term,
+            None => term,
+        });
+    }
+    if let Some(s) = surrogate {
+        if s.requires_grad() {
+            s.backward();
+        }
+    }
+    Ok(summarise(&ce, &focal, &dice, &total))
+}
