@@ -1,0 +1,319 @@
+//! Format sniffing, header-only size checks, and decoding to PIL's `RGB` or `L` pixels.
+//!
+//! JPEG goes through [`super::jpeg`] (libjpeg-turbo's arithmetic); the other formats through the
+//! `image` crate, whose lossless decoders give the same samples as PIL. The conversions then
+//! follow PIL's `convert("RGB")` and `convert("L")`, except that 16-bit grey keeps its high byte
+//! where PIL saturates at 255 (the spec asks for scaling, and PIL's other 16-bit modes do the
+//! same).
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageError, ImageFormat as ImgFormat, ImageReader};
+
+use super::jpeg::{self, JpegError, Samples};
+use super::{DataError, DecodeLimits, ImageFormat, RgbImage};
+
+/// Recognises an image format from its magic bytes.
+pub(crate) fn sniff(bytes: &[u8]) -> Option<ImageFormat> {
+    let starts = |m: &[u8]| bytes.starts_with(m);
+    if starts(b"\x89PNG\r\n\x1a\n") {
+        Some(ImageFormat::Png)
+    } else if starts(b"\xFF\xD8\xFF") {
+        Some(ImageFormat::Jpeg)
+    } else if starts(b"GIF87a") || starts(b"GIF89a") {
+        Some(ImageFormat::Gif)
+    } else if starts(b"BM") && bytes.len() >= 26 {
+        Some(ImageFormat::Bmp)
+    } else if starts(b"II*\0") || starts(b"MM\0*") {
+        Some(ImageFormat::Tiff)
+    } else if bytes.len() >= 12 && starts(b"RIFF") && &bytes[8..12] == b"WEBP" {
+        Some(ImageFormat::WebP)
+    } else {
+        None
+    }
+}
+
+fn image_crate_format(f: ImageFormat) -> ImgFormat {
+    match f {
+        ImageFormat::Png => ImgFormat::Png,
+        ImageFormat::Jpeg => ImgFormat::Jpeg,
+        ImageFormat::Gif => ImgFormat::Gif,
+        ImageFormat::Bmp => ImgFormat::Bmp,
+        ImageFormat::Tiff => ImgFormat::Tiff,
+        ImageFormat::WebP => ImgFormat::WebP,
+    }
+}
+
+fn from_image_error(format: ImageFormat, e: ImageError) -> DataError {
+    let detail = e.to_string();
+    match e {
+        ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            DataError::Truncated { format, detail }
+        }
+        ImageError::Decoding(_) if looks_truncated(&detail) => {
+            DataError::Truncated { format, detail }
+        }
+        ImageError::Unsupported(_) => DataError::Unsupported { format, detail },
+        ImageError::Limits(_) => DataError::Unsupported {
+            format,
+            detail: format!("decoder memory limit: {detail}"),
+        },
+        _ => DataError::Corrupt { format, detail },
+    }
+}
+
+fn looks_truncated(detail: &str) -> bool {
+    let d = detail.to_ascii_lowercase();
+    [
+        "eof",
+        "end of",
+        "truncated",
+        "unexpected end",
+        "not enough data",
+    ]
+    .iter()
+    .any(|p| d.contains(p))
+}
+
+fn from_jpeg_error(e: JpegError, limits: &DecodeLimits) -> DataError {
+    let format = ImageFormat::Jpeg;
+    match e {
+        JpegError::Truncated(detail) => DataError::Truncated { format, detail },
+        JpegError::Corrupt(detail) => DataError::Corrupt { format, detail },
+        JpegError::Unsupported(detail) => DataError::Unsupported { format, detail },
+        JpegError::TooLarge { width, height } => DataError::TooLarge {
+            width,
+            height,
+            max_pixels: limits.max_pixels,
+        },
+    }
+}
+
+/// Reads the pixel size from the header only. PNG and JPEG headers are parsed here, so that a
+/// forged size is refused even when the rest of the file is missing.
+pub(crate) fn dimensions(bytes: &[u8]) -> Result<(ImageFormat, u32, u32), DataError> {
+    if bytes.is_empty() {
+        return Err(DataError::Empty);
+    }
+    let format = sniff(bytes).ok_or_else(|| DataError::UnknownFormat {
+        head: bytes.iter().take(8).map(|b| format!("{b:02x}")).collect(),
+    })?;
+    let (w, h) = match format {
+        ImageFormat::Png => {
+            if bytes.len() < 24 {
+                return Err(DataError::Truncated {
+                    format,
+                    detail: "PNG data ends inside its header".into(),
+                });
+            }
+            if &bytes[12..16] != b"IHDR" {
+                return Err(DataError::Corrupt {
+                    format,
+                    detail: "PNG does not start with an IHDR chunk".into(),
+                });
+            }
+            let be32 = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+            (be32(16), be32(20))
+        }
+        ImageFormat::Jpeg => {
+            jpeg::dimensions(bytes).map_err(|e| from_jpeg_error(e, &DecodeLimits::default()))?
+        }
+        _ => ImageReader::with_format(Cursor::new(bytes), image_crate_format(format))
+            .into_dimensions()
+            .map_err(|e| from_image_error(format, e))?,
+    };
+    if w == 0 || h == 0 {
+        return Err(DataError::Corrupt {
+            format,
+            detail: format!("image size {w}×{h}"),
+        });
+    }
+    Ok((format, w, h))
+}
+
+/// Decoded pixels before conversion, in PIL's terms.
+enum Raw {
+    Jpeg(jpeg::Decoded),
+    Other(DynamicImage),
+}
+
+fn decode_raw(bytes: &[u8], limits: &DecodeLimits) -> Result<Raw, DataError> {
+    let (format, w, h) = dimensions(bytes)?;
+    if u64::from(w) * u64::from(h) > limits.max_pixels {
+        return Err(DataError::TooLarge {
+            width: w,
+            height: h,
+            max_pixels: limits.max_pixels,
+        });
+    }
+    if format == ImageFormat::Jpeg {
+        return jpeg::decode(bytes, limits.max_pixels)
+            .map(Raw::Jpeg)
+            .map_err(|e| from_jpeg_error(e, limits));
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), image_crate_format(format));
+    let mut l = image::Limits::no_limits();
+    // 8 bytes per pixel covers RGBA16, the widest layout these formats decode to.
+    l.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(1 << 24));
+    reader.limits(l);
+    let img = reader.decode().map_err(|e| from_image_error(format, e))?;
+    Ok(Raw::Other(img))
+}
+
+/// PIL's CMYK→RGB on libjpeg's Adobe-inverted CMYK (PIL reads it as `CMYK;I`).
+fn cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
+    let muldiv255 = |a: u32, b: u32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    let mut out = Vec::with_capacity(cmyk.len() / 4 * 3);
+    for px in cmyk.chunks_exact(4) {
+        let nk = u32::from(px[3]);
+        for &c in &px[..3] {
+            let c = 255 - u32::from(c);
+            out.push((nk - muldiv255(c, nk)) as u8);
+        }
+    }
+    out
+}
+
+fn grey_to_rgb(grey: impl Iterator<Item = u8>) -> Vec<u8> {
+    grey.flat_map(|v| [v, v, v]).collect()
+}
+
+fn keep_channels<T: Copy>(src: &[T], of: usize, keep: usize) -> Vec<T> {
+    src.chunks_exact(of)
+        .flat_map(|p| p[..keep].iter().copied())
+        .collect()
+}
+
+/// 16-bit samples keep their high byte, as PIL does for its 16-bit RGB(A) and grey+alpha.
+fn high_bytes(src: &[u16]) -> Vec<u8> {
+    src.iter().map(|&v| (v >> 8) as u8).collect()
+}
+
+fn float_to_u8(src: &[f32]) -> Vec<u8> {
+    src.iter()
+        .map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect()
+}
+
+fn other_to_rgb(img: DynamicImage) -> Vec<u8> {
+    match img {
+        DynamicImage::ImageLuma8(b) => grey_to_rgb(b.into_raw().into_iter()),
+        DynamicImage::ImageLumaA8(b) => grey_to_rgb(b.into_raw().into_iter().step_by(2)),
+        DynamicImage::ImageRgb8(b) => b.into_raw(),
+        DynamicImage::ImageRgba8(b) => keep_channels(&b.into_raw(), 4, 3),
+        DynamicImage::ImageLuma16(b) => grey_to_rgb(high_bytes(&b.into_raw()).into_iter()),
+        DynamicImage::ImageLumaA16(b) => {
+            grey_to_rgb(high_bytes(&b.into_raw()).into_iter().step_by(2))
+        }
+        DynamicImage::ImageRgb16(b) => high_bytes(&b.into_raw()),
+        DynamicImage::ImageRgba16(b) => keep_channels(&high_bytes(&b.into_raw()), 4, 3),
+        DynamicImage::ImageRgb32F(b) => float_to_u8(&b.into_raw()),
+        DynamicImage::ImageRgba32F(b) => keep_channels(&float_to_u8(&b.into_raw()), 4, 3),
+        other => other.to_rgb8().into_raw(),
+    }
+}
+
+/// Decodes to 8-bit RGB as PIL's `Image.open(...).convert("RGB")` does.
+pub(crate) fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DataError> {
+    let (width, height, pixels) = match decode_raw(bytes, limits)? {
+        Raw::Jpeg(j) => {
+            let px = match j.samples {
+                Samples::Grey(g) => grey_to_rgb(g.into_iter()),
+                Samples::Rgb(p) => p,
+                Samples::Cmyk(p) => cmyk_to_rgb(&p),
+            };
+            (j.width, j.height, px)
+        }
+        Raw::Other(img) => (img.width(), img.height(), other_to_rgb(img)),
+    };
+    Ok(RgbImage {
+        width,
+        height,
+        pixels,
+    })
+}
+
+/// A single-channel image at its native depth.
+pub(crate) struct Grey {
+    pub width: u32,
+    pub height: u32,
+    pub values: Vec<u16>,
+    /// 255 for 8-bit sources, 65535 for 16-bit grey.
+    pub max_value: u16,
+}
+
+/// PIL's ITU-R 601-2 luma (`L24`): 16 fraction bits, rounded.
+fn luma(rgb: &[u8]) -> Vec<u16> {
+    rgb.chunks_exact(3)
+        .map(|p| {
+            let l = u32::from(p[0]) * 19595 + u32::from(p[1]) * 38470 + u32::from(p[2]) * 7471;
+            ((l + 0x8000) >> 16) as u16
+        })
+        .collect()
+}
+
+/// Decodes to grey as PIL's `convert("L")` does, but keeps 16-bit grey at 16 bits so that
+/// thresholds can use the type's full range.
+pub(crate) fn decode_grey(bytes: &[u8], limits: &DecodeLimits) -> Result<Grey, DataError> {
+    let eight = |width, height, values| Grey {
+        width,
+        height,
+        values,
+        max_value: 255,
+    };
+    Ok(match decode_raw(bytes, limits)? {
+        Raw::Jpeg(j) => {
+            let values = match j.samples {
+                Samples::Grey(g) => g.into_iter().map(u16::from).collect(),
+                Samples::Rgb(p) => luma(&p),
+                Samples::Cmyk(p) => luma(&cmyk_to_rgb(&p)),
+            };
+            eight(j.width, j.height, values)
+        }
+        Raw::Other(img) => {
+            let (w, h) = (img.width(), img.height());
+            let sixteen = |values| Grey {
+                width: w,
+                height: h,
+                values,
+                max_value: u16::MAX,
+            };
+            match img {
+                DynamicImage::ImageLuma8(b) => {
+                    eight(w, h, b.into_raw().into_iter().map(u16::from).collect())
+                }
+                DynamicImage::ImageLumaA8(b) => eight(
+                    w,
+                    h,
+                    b.into_raw().into_iter().step_by(2).map(u16::from).collect(),
+                ),
+                DynamicImage::ImageLuma16(b) => sixteen(b.into_raw()),
+                DynamicImage::ImageLumaA16(b) => {
+                    sixteen(b.into_raw().into_iter().step_by(2).collect())
+                }
+                other => eight(w, h, luma(&other_to_rgb(other))),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmyk_matches_pil_formula() {
+        // No ink (stored as 255 in Adobe's inverted form) is white; full black is black.
+        assert_eq!(cmyk_to_rgb(&[255, 255, 255, 255]), vec![255, 255, 255]);
+        assert_eq!(cmyk_to_rgb(&[255, 255, 255, 0]), vec![0, 0, 0]);
+        assert_eq!(cmyk_to_rgb(&[0, 255, 255, 255]), vec![0, 255, 255]);
+    }
+
+    #[test]
+    fn luma_matches_pil() {
+        assert_eq!(luma(&[255, 255, 255, 0, 0, 0, 255, 0, 0]), vec![255, 0, 76]);
+    }
+}
