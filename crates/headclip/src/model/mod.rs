@@ -12,6 +12,7 @@ pub use config::{
     ResolvedConfig,
 };
 pub use lhw::head_weights;
+pub(crate) use params::serialize_f32;
 pub use params::{HeadClipParams, ParamsError, CONFIG_KEY, DEFAULT_DEEP_PROMPTS};
 
 use tch::{Device, Tensor};

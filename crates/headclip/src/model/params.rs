@@ -205,42 +205,12 @@ impl HeadClipParams {
         if let Some(u) = &self.u {
             named.push(("lhw.u".into(), u.shallow_clone()));
         }
-        let data: Vec<(String, Vec<u8>, Vec<usize>)> = named
-            .iter()
-            .map(|(k, t)| {
-                let t = t
-                    .detach()
-                    .to_device(Device::Cpu)
-                    .to_kind(Kind::Float)
-                    .contiguous();
-                let n = t.numel();
-                let mut v = vec![0f32; n];
-                t.copy_data(&mut v, n);
-                let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                (
-                    k.clone(),
-                    bytes,
-                    t.size().iter().map(|&d| d as usize).collect(),
-                )
-            })
-            .collect();
-        let views: Vec<(String, safetensors::tensor::TensorView)> = data
-            .iter()
-            .map(|(k, b, s)| {
-                Ok((
-                    k.clone(),
-                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?,
-                ))
-            })
-            .collect::<Result<_, safetensors::SafeTensorError>>()
-            .map_err(|e| write_err(e.to_string()))?;
         let mut metadata: HashMap<String, String> = extra_metadata.clone().into_iter().collect();
         metadata.insert(
             CONFIG_KEY.into(),
             serde_json::to_string(config).map_err(|e| write_err(e.to_string()))?,
         );
-        let bytes =
-            safetensors::serialize(views, &Some(metadata)).map_err(|e| write_err(e.to_string()))?;
+        let bytes = serialize_f32(&named, metadata).map_err(write_err)?;
         crate::write_atomically(path, &bytes).map_err(|e| write_err(e.to_string()))
     }
 
@@ -253,4 +223,27 @@ impl HeadClipParams {
             u: self.u.as_ref().map(|t| t.to_device(device)),
         }
     }
+}
+
+/// Safetensors bytes of tensors as f32 (moved to the CPU, detached), with metadata.
+pub(crate) fn serialize_f32(named: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<Vec<u8>, String> {
+    let data: Vec<(String, Vec<u8>, Vec<usize>)> = named
+        .iter()
+        .map(|(k, t)| {
+            let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+            let n = t.numel();
+            let mut v = vec![0f32; n];
+            t.copy_data(&mut v, n);
+            let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (k.clone(), bytes, t.size().iter().map(|&d| d as usize).collect())
+        })
+        .collect();
+    let views = data
+        .iter()
+        .map(|(k, b, s)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).map(|v| (k.clone(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    safetensors::serialize(views, &Some(metadata)).map_err(|e| e.to_string())
 }

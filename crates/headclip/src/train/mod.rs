@@ -4,7 +4,9 @@
 pub mod adam;
 pub mod loss;
 pub mod step;
+pub mod trainer;
 
 pub use adam::Adam;
 pub use loss::LossTerms;
 pub use step::{loss_and_gradients, trainable, Batch, LossSelection};
+pub use trainer::{EpochRecord, TrainError, TrainOptions, TrainSample, Trainer};

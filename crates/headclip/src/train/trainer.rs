@@ -1,0 +1,305 @@
+//! The training loop: deterministic epochs over a data set, Adam, and checkpoints that survive
+//! faults. After every epoch the deployable parameters file and a separate training-state file
+//! (parameters, optimizer moments, epoch, seed, losses) are each written atomically; a resumed
+//! run reads only the state file, so on the CPU with the same seed and thread count it reaches
+//! the same parameters bit for bit as a run that was never interrupted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use super::adam::Adam;
+use super::loss::LossTerms;
+use super::step::{loss_and_gradients, trainable, Batch, LossSelection};
+use crate::clip::{Clip, ClipTokenizer};
+use crate::model::{serialize_f32, HeadClipConfig, HeadClipParams, ResolvedConfig};
+
+/// One training example after decoding: a normalised CHW image and its S×S 0/1 mask.
+pub struct TrainSample {
+    pub image: Vec<f32>,
+    pub mask: Vec<u8>,
+    pub anomalous: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainOptions {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub seed: u64,
+    pub loss: LossSelection,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self { epochs: 15, batch_size: 8, lr: 1e-3, beta1: 0.5, beta2: 0.999, seed: 111, loss: LossSelection::default() }
+    }
+}
+
+/// Mean loss terms of an epoch, with how many samples went into it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub loss: LossTerms,
+    pub samples: usize,
+    pub skipped: usize,
+}
+
+/// What goes into the training-state file's metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateMeta {
+    pub epochs_done: usize,
+    pub adam_step: i64,
+    pub options: TrainOptions,
+    pub config: HeadClipConfig,
+    pub history: Vec<EpochRecord>,
+    /// Free-form provenance (data sets, CLIP sha256, command line).
+    pub provenance: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("training state {path}: {message}")]
+    State { path: PathBuf, message: String },
+    #[error(transparent)]
+    Params(#[from] crate::model::ParamsError),
+    #[error(transparent)]
+    Tokenize(#[from] crate::clip::TokenizeError),
+    #[error("{0}")]
+    Data(String),
+}
+
+pub struct Trainer<'a> {
+    pub clip: &'a Clip,
+    pub config: ResolvedConfig,
+    pub file_config: HeadClipConfig,
+    pub params: HeadClipParams,
+    pub adam: Adam,
+    pub options: TrainOptions,
+    pub epochs_done: usize,
+    pub history: Vec<EpochRecord>,
+    pub provenance: BTreeMap<String, String>,
+    tokenizer: ClipTokenizer,
+}
+
+const STATE_KEY: &str = "headclip.training_state";
+
+impl<'a> Trainer<'a> {
+    /// A fresh run from the untrained starting point (seeded).
+    pub fn new(clip: &'a Clip, file_config: HeadClipConfig, options: TrainOptions, deep_prompts: usize) -> Result<Self, TrainError> {
+        let config = file_config.resolve(&clip.config).map_err(crate::model::ParamsError::from)?;
+        tch::manual_seed(options.seed as i64);
+        let params = HeadClipParams::init(&clip.config, &config, deep_prompts).to_device(clip.text.device());
+        Ok(Self::assemble(clip, config, file_config, params, options, None, 0, Vec::new()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        clip: &'a Clip,
+        config: ResolvedConfig,
+        file_config: HeadClipConfig,
+        params: HeadClipParams,
+        options: TrainOptions,
+        adam: Option<Adam>,
+        epochs_done: usize,
+        history: Vec<EpochRecord>,
+    ) -> Self {
+        for (_, t) in trainable(&params) {
+            let _ = t.set_requires_grad(true);
+        }
+        let adam = adam.unwrap_or_else(|| {
+            let tensors: Vec<&Tensor> = trainable(&params).into_iter().map(|(_, t)| t).collect();
+            Adam::new(&tensors, options.lr, options.beta1, options.beta2)
+        });
+        Self {
+            clip,
+            config,
+            file_config,
+            params,
+            adam,
+            options,
+            epochs_done,
+            history,
+            provenance: BTreeMap::new(),
+            tokenizer: ClipTokenizer::new(),
+        }
+    }
+
+    /// The sample order of an epoch: a Fisher–Yates shuffle seeded by (seed, epoch), so that a
+    /// resumed run sees the same order as an uninterrupted one.
+    pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
+        let mut state = seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut next = move || {
+            // splitmix64
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        let mut order: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            let j = (next() % (i as u64 + 1)) as usize;
+            order.swap(i, j);
+        }
+        order
+    }
+
+    /// One batch: loss, gradients, Adam update.
+    pub fn train_batch(&mut self, samples: &[TrainSample]) -> Result<LossTerms, TrainError> {
+        let batch = self.make_batch(samples);
+        let terms = loss_and_gradients(self.clip, &self.tokenizer, &self.config, &self.params, &batch, self.options.loss)?;
+        let tensors: Vec<&Tensor> = trainable(&self.params).into_iter().map(|(_, t)| t).collect();
+        self.adam.step(&tensors);
+        Ok(terms)
+    }
+
+    fn make_batch(&self, samples: &[TrainSample]) -> Batch {
+        let device = self.clip.text.device();
+        let s = self.config.image_size;
+        let b = samples.len() as i64;
+        let images: Vec<f32> = samples.iter().flat_map(|x| x.image.iter().copied()).collect();
+        let masks: Vec<f32> = samples.iter().flat_map(|x| x.mask.iter().map(|&m| f32::from(m.min(1)))).collect();
+        let labels: Vec<i64> = samples.iter().map(|x| i64::from(x.anomalous)).collect();
+        Batch {
+            images: Tensor::from_slice(&images).view([b, 3, s, s]).to_device(device),
+            labels: Tensor::from_slice(&labels).to_device(device),
+            masks: Tensor::from_slice(&masks).view([b, s, s]).to_device(device),
+        }
+    }
+
+    /// Runs the next epoch over `n` samples, loading each with `load` (a sample that fails to
+    /// load is skipped and reported through `on_skip`). `on_batch` sees each batch's loss.
+    pub fn run_epoch(
+        &mut self,
+        n: usize,
+        load: &(dyn Fn(usize) -> Result<TrainSample, String> + Sync),
+        on_batch: &mut dyn FnMut(usize, &LossTerms),
+        on_skip: &mut dyn FnMut(usize, &str),
+    ) -> Result<EpochRecord, TrainError> {
+        let epoch = self.epochs_done;
+        let order = Self::epoch_order(self.options.seed, epoch, n);
+        let mut sums = LossTerms::default();
+        let (mut seen, mut skipped, mut batches) = (0usize, 0usize, 0usize);
+        for chunk in order.chunks(self.options.batch_size) {
+            let mut samples = Vec::with_capacity(chunk.len());
+            for &i in chunk {
+                match load(i) {
+                    Ok(s) => samples.push(s),
+                    Err(e) => {
+                        skipped += 1;
+                        on_skip(i, &e);
+                    }
+                }
+            }
+            if samples.is_empty() {
+                continue;
+            }
+            let terms = self.train_batch(&samples)?;
+            on_batch(samples.len(), &terms);
+            seen += samples.len();
+            batches += 1;
+            sums.total += terms.total;
+            sums.ce += terms.ce;
+            sums.focal += terms.focal;
+            sums.dice += terms.dice;
+        }
+        if seen == 0 {
+            return Err(TrainError::Data("no training sample could be loaded in this epoch".into()));
+        }
+        let k = batches as f64;
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            loss: LossTerms { total: sums.total / k, ce: sums.ce / k, focal: sums.focal / k, dice: sums.dice / k },
+            samples: seen,
+            skipped,
+        };
+        self.epochs_done += 1;
+        self.history.push(record.clone());
+        Ok(record)
+    }
+
+    /// Writes the deployable parameters and, beside them, the training state; each atomically.
+    /// The state goes first: a crash between the two leaves a state that is ahead of the
+    /// parameters file, which a resume then rewrites, never the other way round.
+    pub fn save(&self, params_path: &Path, state_path: &Path) -> Result<(), TrainError> {
+        let state_err = |message: String| TrainError::State { path: state_path.into(), message };
+        let meta = StateMeta {
+            epochs_done: self.epochs_done,
+            adam_step: self.adam.step,
+            options: self.options.clone(),
+            config: self.file_config.clone(),
+            history: self.history.clone(),
+            provenance: self.provenance.clone(),
+        };
+        let mut named: Vec<(String, Tensor)> = Vec::new();
+        for (i, (name, t)) in trainable(&self.params).into_iter().enumerate() {
+            named.push((format!("param.{name}"), t.detach()));
+            named.push((format!("adam.m.{name}"), self.adam.m[i].shallow_clone()));
+            named.push((format!("adam.v.{name}"), self.adam.v[i].shallow_clone()));
+        }
+        let json = serde_json::to_string(&meta).map_err(|e| state_err(e.to_string()))?;
+        let bytes = serialize_f32(&named, HashMap::from([(STATE_KEY.to_string(), json)])).map_err(state_err)?;
+        crate::write_atomically(state_path, &bytes).map_err(|e| state_err(e.to_string()))?;
+
+        let mut extra = self.provenance.clone();
+        extra.insert("headclip.epochs".into(), self.epochs_done.to_string());
+        extra.insert(
+            "headclip.losses".into(),
+            serde_json::to_string(&self.history).map_err(|e| state_err(e.to_string()))?,
+        );
+        extra.insert("headclip.train_options".into(), serde_json::to_string(&self.options).unwrap_or_default());
+        self.params.save(params_path, &self.file_config, &extra)?;
+        Ok(())
+    }
+
+    /// Continues a run from its training-state file.
+    pub fn resume(clip: &'a Clip, state_path: &Path) -> Result<Self, TrainError> {
+        let state_err = |message: String| TrainError::State { path: state_path.into(), message };
+        let bytes = std::fs::read(state_path).map_err(|e| state_err(e.to_string()))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| state_err(e.to_string()))?;
+        let json = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(STATE_KEY))
+            .ok_or_else(|| state_err(format!("no `{STATE_KEY}` metadata: not a training-state file")))?;
+        let meta: StateMeta = serde_json::from_str(json).map_err(|e| state_err(e.to_string()))?;
+        let config = meta.config.resolve(&clip.config).map_err(crate::model::ParamsError::from)?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| state_err(e.to_string()))?;
+        let device = clip.text.device();
+        let get = |name: &str| -> Result<Tensor, TrainError> {
+            let view = st.tensor(name).map_err(|_| state_err(format!("missing tensor `{name}`")))?;
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            Ok(Tensor::f_from_data_size(view.data(), &shape, Kind::Float)
+                .map_err(|e| state_err(e.to_string()))?
+                .to_device(device))
+        };
+        let deep_count = st.names().iter().filter(|n| n.starts_with("param.prompt.deep.")).count();
+        let params = HeadClipParams {
+            ctx_pos: get("param.prompt.ctx_pos")?,
+            ctx_neg: get("param.prompt.ctx_neg")?,
+            deep: (0..deep_count).map(|i| get(&format!("param.prompt.deep.{i}"))).collect::<Result<_, _>>()?,
+            theta: get("param.lhw.theta")?,
+            u: if config.lhw_dynamic { Some(get("param.lhw.u")?) } else { None },
+        };
+        let expected_rows = config.lhw_rows(clip.vision.config.layers) as i64;
+        if params.theta.size()[0] != expected_rows || params.ctx_pos.size()[1] != clip.text.config.width {
+            return Err(state_err("its tensors do not fit this CLIP backbone".into()));
+        }
+        let names: Vec<String> = trainable(&params).into_iter().map(|(n, _)| n).collect();
+        let mut adam = Adam::new(&[], meta.options.lr, meta.options.beta1, meta.options.beta2);
+        adam.step = meta.adam_step;
+        for name in &names {
+            adam.m.push(get(&format!("adam.m.{name}"))?);
+            adam.v.push(get(&format!("adam.v.{name}"))?);
+        }
+        let mut trainer =
+            Self::assemble(clip, config, meta.config, params, meta.options, Some(adam), meta.epochs_done, meta.history);
+        trainer.provenance = meta.provenance;
+        Ok(trainer)
+    }
+}
