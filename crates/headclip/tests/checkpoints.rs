@@ -27,9 +27,17 @@ fn write_prefix(src: &Path, dir: &Path, name: &str, fraction: f64) -> PathBuf {
 #[test]
 fn truncated_files_are_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let st = write_prefix(&fixtures().join("clip_openai.safetensors"), dir.path(), "a.safetensors", 0.5);
+    let st = write_prefix(
+        &fixtures().join("clip_openai.safetensors"),
+        dir.path(),
+        "a.safetensors",
+        0.5,
+    );
     let e = error_of(&st);
-    assert!(e.contains("a.safetensors") && e.contains("truncated"), "{e}");
+    assert!(
+        e.contains("a.safetensors") && e.contains("truncated"),
+        "{e}"
+    );
     let pt = write_prefix(&fixtures().join("clip_openai.pt"), dir.path(), "b.pt", 0.5);
     let e = error_of(&pt);
     assert!(e.contains("b.pt") && e.contains("TorchScript"), "{e}");
@@ -50,7 +58,10 @@ fn empty_and_foreign_files_are_reported() {
     assert!(error_of(&pickle).contains("pickle"));
     // A valid safetensors file that is not CLIP: a HeadCLIP parameters file.
     let e = error_of(&fixtures().join("params_learned.safetensors"));
-    assert!(e.contains("not a CLIP checkpoint") && e.contains("visual.conv1.weight"), "{e}");
+    assert!(
+        e.contains("not a CLIP checkpoint") && e.contains("visual.conv1.weight"),
+        "{e}"
+    );
 }
 
 fn rewritten(dir: &Path, edit: impl Fn(&mut Vec<(String, Tensor)>)) -> PathBuf {
@@ -75,9 +86,14 @@ fn build_error(path: &Path) -> String {
 #[test]
 fn missing_and_misshaped_tensors_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let missing = rewritten(dir.path(), |t| t.retain(|(k, _)| k != "visual.transformer.resblocks.2.mlp.c_fc.bias"));
+    let missing = rewritten(dir.path(), |t| {
+        t.retain(|(k, _)| k != "visual.transformer.resblocks.2.mlp.c_fc.bias")
+    });
     let e = build_error(&missing);
-    assert!(e.contains("missing tensor `visual.transformer.resblocks.2.mlp.c_fc.bias`"), "{e}");
+    assert!(
+        e.contains("missing tensor `visual.transformer.resblocks.2.mlp.c_fc.bias`"),
+        "{e}"
+    );
 
     let misshaped = rewritten(dir.path(), |t| {
         for (k, v) in t.iter_mut() {
@@ -87,7 +103,10 @@ fn missing_and_misshaped_tensors_are_named() {
         }
     });
     let e = build_error(&misshaped);
-    assert!(e.contains("`visual.proj`") && e.contains("[128, 32]"), "{e}");
+    assert!(
+        e.contains("`visual.proj`") && e.contains("[128, 32]"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -95,7 +114,8 @@ fn parameters_for_another_backbone_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let state = load_state_dict(&fixtures().join("clip_openai.safetensors")).unwrap();
     let config = ClipConfig::infer(&state).unwrap();
-    let mut tensors = Tensor::read_safetensors(fixtures().join("params_learned.safetensors")).unwrap();
+    let mut tensors =
+        Tensor::read_safetensors(fixtures().join("params_learned.safetensors")).unwrap();
     for (k, v) in tensors.iter_mut() {
         if k == "prompt.ctx_pos" {
             *v = Tensor::zeros([12, 768], (tch::Kind::Float, Device::Cpu));
@@ -103,11 +123,23 @@ fn parameters_for_another_backbone_are_rejected() {
     }
     let path = dir.path().join("params.safetensors");
     Tensor::write_safetensors(&tensors, &path).unwrap();
-    let e = HeadClipParams::load(&path, &config).unwrap_err().to_string();
-    assert!(e.contains("prompt.ctx_pos") && e.contains("[12, 768]") && e.contains("[12, 64]"), "{e}");
+    let e = HeadClipParams::load(&path, &config)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("prompt.ctx_pos") && e.contains("[12, 768]") && e.contains("[12, 64]"),
+        "{e}"
+    );
 
-    let truncated = write_prefix(&fixtures().join("params_learned.safetensors"), dir.path(), "p.safetensors", 0.3);
-    let e = HeadClipParams::load(&truncated, &config).unwrap_err().to_string();
+    let truncated = write_prefix(
+        &fixtures().join("params_learned.safetensors"),
+        dir.path(),
+        "p.safetensors",
+        0.3,
+    );
+    let e = HeadClipParams::load(&truncated, &config)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("p.safetensors"), "{e}");
 }
 
@@ -121,6 +153,8 @@ fn tensors_only_parameters_file_uses_the_defaults() {
     let tensors = Tensor::read_safetensors(fixtures().join("params_learned.safetensors")).unwrap();
     let path = dir.path().join("bare.safetensors");
     Tensor::write_safetensors(&tensors, &path).unwrap();
-    let e = HeadClipParams::load(&path, &config).unwrap_err().to_string();
+    let e = HeadClipParams::load(&path, &config)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("lhw.theta") && e.contains("[5, 2]"), "{e}");
 }

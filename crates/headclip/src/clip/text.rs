@@ -100,9 +100,13 @@ impl TextTransformer {
     }
 
     /// Plain CLIP text encoding of token ids [B, C]; EOT is the largest id, as in OpenAI's code.
+    /// Attention is causal, so tokens after the last EOT cannot change any EOT feature: the
+    /// sequences are cut there, which makes short prompts several times cheaper.
     pub fn encode_tokens(&self, ids: &Tensor) -> Tensor {
         let eot = ids.argmax(-1, false);
-        self.encode_embeddings(&self.embed_tokens(ids), &eot, &[])
+        let used = eot.max().int64_value(&[]) + 1;
+        let ids = ids.narrow(1, 0, used);
+        self.encode_embeddings(&self.embed_tokens(&ids), &eot, &[])
     }
 
     pub fn device(&self) -> Device {
