@@ -121,13 +121,13 @@ pub fn run(args: PredictArgs) -> Result<i32> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let inputs = collect_inputs(&args.paths)?;
+    let mut inputs = collect_inputs(&args.paths)?;
     for missing in inputs.iter().filter(|i| !i.from_folder && !i.path.exists()) {
         bail!("{} does not exist", missing.path.display());
     }
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
-        check_name_collisions(&inputs)?;
+        resolve_name_collisions(&mut inputs)?;
     }
     let model = load_model(&args.model)?;
     let side = model.image_size() as u32;
@@ -188,9 +188,26 @@ pub fn run(args: PredictArgs) -> Result<i32> {
     Ok(if failed > 0 { crate::EXIT_SOME_FAILED } else { 0 })
 }
 
-fn check_name_collisions(inputs: &[Input]) -> Result<()> {
+/// Files whose names differ only in their extension (BrainMRI has `Y92.jpg` and `Y92.png`) keep
+/// it in their output name (`Y92_jpg`, `Y92_png`); any other collision is an error.
+fn resolve_name_collisions(inputs: &mut [Input]) -> Result<()> {
+    let mut count = std::collections::HashMap::new();
+    for i in inputs.iter() {
+        *count.entry(i.name.clone()).or_insert(0usize) += 1;
+    }
+    for i in inputs.iter_mut() {
+        if count[&i.name] > 1 {
+            if let Some(ext) = i.path.extension() {
+                let mut name = i.name.clone().into_os_string();
+                name.push("_");
+                name.push(ext);
+                tracing::warn!("{} is written as {}.npy: another file has the same stem", i.path.display(), name.to_string_lossy());
+                i.name = PathBuf::from(name);
+            }
+        }
+    }
     let mut seen = std::collections::HashMap::new();
-    for i in inputs {
+    for i in inputs.iter() {
         if let Some(first) = seen.insert(i.name.clone(), &i.path) {
             bail!(
                 "{} and {} would both write {}.npy; pass their folder instead, so that outputs mirror its sub-folders",

@@ -1,11 +1,317 @@
-//! `headclip train` (in progress).
+//! `headclip train`: learn the prompts and head weights on annotated auxiliary data sets (the
+//! zero-shot protocol trains on one data set's test split and evaluates on others).
+//!
+//! After every epoch the parameters file and a training-state file beside it are written
+//! atomically; `--resume` continues from the state file. Killing the process (Ctrl-C, SIGTERM)
+//! at any moment leaves the last complete checkpoint intact.
 
-use anyhow::Result;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use headclip::data::{self, DecodeLimits};
+use headclip::datasets::{self, DataSpec, LoadOptions, Sample, DATA_SPEC_HELP};
+use headclip::model::{HeadClipConfig, LhwForm, LhwPaths, DEFAULT_DEEP_PROMPTS};
+use headclip::train::{LossSelection, TrainOptions, TrainSample, Trainer};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::engine::{load_clip, ModelArgs};
 
 #[derive(Args, Debug)]
-pub struct TrainArgs {}
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Training data (repeatable). Its test split by default, per the zero-shot protocol.
+    #[arg(long = "data", required = true, long_help = DATA_SPEC_HELP)]
+    pub data: Vec<DataSpec>,
+    /// Where the learned parameters go (safetensors).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Training state for --resume [default: OUT with `.state.safetensors`].
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Loss log, one JSON line per batch and per epoch [default: OUT with `.losses.jsonl`].
+    #[arg(long)]
+    pub loss_log: Option<PathBuf>,
+    /// Continue from the training state instead of starting afresh.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value_t = 15)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 111)]
+    pub seed: u64,
+    /// Head-weight form.
+    #[arg(long, value_enum, default_value = "softmax")]
+    pub lhw_form: LhwFormArg,
+    /// Which attention paths the head weights scale.
+    #[arg(long, value_enum, default_value = "vv")]
+    pub lhw_paths: LhwPathsArg,
+    /// Image-dependent head weights (`w = H·softmax(θ + U ĉ)`).
+    #[arg(long)]
+    pub lhw_dynamic: bool,
+    /// Read-out layers, comma-separated [default: the backbone's].
+    #[arg(long, value_delimiter = ',')]
+    pub readout: Option<Vec<usize>>,
+    /// First two-path block l₀ [default: the backbone's].
+    #[arg(long)]
+    pub dpam_start: Option<usize>,
+    #[arg(long, default_value_t = DEFAULT_DEEP_PROMPTS)]
+    pub deep_prompts: usize,
+    /// λ of the joint score recorded in the parameters file.
+    #[arg(long, default_value_t = 0.5)]
+    pub jas_lambda: f64,
+    /// Standard CLIP's ln_post on the global token.
+    #[arg(long)]
+    pub global_ln_post: bool,
+    /// Train anomalous images that have no mask: the pixel loss is then left out entirely.
+    #[arg(long)]
+    pub allow_missing_masks: bool,
+    /// Train although the data has only one class (normally refused).
+    #[arg(long)]
+    pub allow_single_class: bool,
+}
 
-pub fn run(_args: TrainArgs) -> Result<i32> {
-    anyhow::bail!("not implemented yet")
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum LhwFormArg {
+    Softmax,
+    Sigmoid,
+    Identity,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum LhwPathsArg {
+    Vv,
+    Both,
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!("{stem}{suffix}"))
+}
+
+pub fn run(args: TrainArgs) -> Result<i32> {
+    if args.batch_size == 0 || args.epochs == 0 {
+        bail!("--batch-size and --epochs must be at least 1");
+    }
+    let state_path = args.state.clone().unwrap_or_else(|| with_suffix(&args.out, ".state.safetensors"));
+    let log_path = args.loss_log.clone().unwrap_or_else(|| with_suffix(&args.out, ".losses.jsonl"));
+
+    // Data first: every problem with it is reported before any compute.
+    let load_opts = LoadOptions { allow_missing_masks: args.allow_missing_masks, check_sizes: true };
+    let mut samples: Vec<Sample> = Vec::new();
+    for spec in &args.data {
+        let set = datasets::load(spec, &load_opts).with_context(|| format!("--data {spec}"))?;
+        for w in &set.warnings {
+            tracing::warn!("{}: {w}", set.name);
+        }
+        samples.extend(set.categories.into_iter().flat_map(|c| c.samples));
+    }
+    let anomalous = samples.iter().filter(|s| s.anomalous).count();
+    let normal = samples.len() - anomalous;
+    if (anomalous == 0 || normal == 0) && !args.allow_single_class {
+        bail!(
+            "the training data has {anomalous} anomalous and {normal} normal images: both classes are needed \
+             (pass --allow-single-class to train anyway)"
+        );
+    }
+    let missing_masks = samples.iter().filter(|s| s.anomalous && s.mask.is_none()).count();
+    let loss = LossSelection { global: true, pixel: missing_masks == 0 };
+    if missing_masks > 0 {
+        tracing::warn!("{missing_masks} anomalous images have no mask: training the global term only");
+    }
+
+    let (clip, weights_path) = load_clip(&args.model)?;
+    let sha = headclip::weights::sha256_file(&weights_path)?;
+    let file_config = HeadClipConfig {
+        readout: args.readout.clone(),
+        dpam_start: args.dpam_start,
+        lhw_form: match args.lhw_form {
+            LhwFormArg::Softmax => LhwForm::Softmax,
+            LhwFormArg::Sigmoid => LhwForm::Sigmoid,
+            LhwFormArg::Identity => LhwForm::Identity,
+        },
+        lhw_paths: match args.lhw_paths {
+            LhwPathsArg::Vv => LhwPaths::Vv,
+            LhwPathsArg::Both => LhwPaths::Both,
+        },
+        lhw_dynamic: args.lhw_dynamic,
+        jas_lambda: args.jas_lambda,
+        image_size: args.model.image_size,
+        global_ln_post: args.global_ln_post,
+        clip_sha256: Some(sha.clone()),
+        ..Default::default()
+    };
+    let options = TrainOptions {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        seed: args.seed,
+        loss,
+        ..Default::default()
+    };
+    let mut trainer = if args.resume && state_path.exists() {
+        let mut t = Trainer::resume(&clip, &state_path)?;
+        // The run's length is the one asked for now; everything else comes from the state.
+        t.options.epochs = args.epochs;
+        if t.options.seed != options.seed || t.options.batch_size != options.batch_size {
+            tracing::warn!("resuming with the state's seed {} and batch size {}", t.options.seed, t.options.batch_size);
+        }
+        tracing::info!("resuming {} after epoch {}", state_path.display(), t.epochs_done);
+        t
+    } else {
+        if args.resume {
+            tracing::warn!("no training state at {}: starting afresh", state_path.display());
+        }
+        Trainer::new(&clip, file_config, options, args.deep_prompts)?
+    };
+    let mut provenance = BTreeMap::new();
+    provenance.insert("headclip.clip_sha256".to_string(), sha);
+    provenance.insert("headclip.data".to_string(), args.data.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(" "));
+    trainer.provenance = provenance;
+
+    let side = trainer.config.image_size as u32;
+    check_memory(&trainer, args.batch_size)?;
+    let limits = DecodeLimits::default();
+    let load = |i: usize| -> Result<TrainSample, String> {
+        let s = &samples[i];
+        let img = data::read_rgb(&s.image, &limits).map_err(|e| e.to_string())?;
+        let mask = match &s.mask {
+            Some(path) => {
+                let m = data::read_mask(path, side, &limits).map_err(|e| e.to_string())?;
+                if (m.original_width, m.original_height) != (img.width, img.height) {
+                    tracing::warn!(
+                        "{}: mask is {}×{}, image {}×{}; resized",
+                        path.display(),
+                        m.original_width,
+                        m.original_height,
+                        img.width,
+                        img.height
+                    );
+                }
+                m.values
+            }
+            None => vec![0; (side * side) as usize],
+        };
+        Ok(TrainSample { image: data::preprocess(&img, side), mask, anomalous: s.anomalous })
+    };
+
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening the loss log {}", log_path.display()))?;
+    let mut skipped: Vec<String> = Vec::new();
+    let total_epochs = trainer.options.epochs;
+    tracing::info!(
+        "training on {} images ({anomalous} anomalous) at S = {side}, epochs {}..={total_epochs}, batch {}",
+        samples.len(),
+        trainer.epochs_done + 1,
+        trainer.options.batch_size
+    );
+    while trainer.epochs_done < total_epochs {
+        let epoch = trainer.epochs_done + 1;
+        let bar = ProgressBar::new(samples.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} {bar:25} {pos}/{len} {msg} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(format!("{epoch}/{total_epochs}"));
+        let started = Instant::now();
+        let mut batch_index = 0usize;
+        let record = trainer.run_epoch(
+            samples.len(),
+            &load,
+            &mut |n, terms| {
+                batch_index += 1;
+                bar.inc(n as u64);
+                bar.set_message(format!(
+                    "loss {:.4} (ce {:.3} focal {:.3} dice {:.3})",
+                    terms.total, terms.ce, terms.focal, terms.dice
+                ));
+                let line = serde_json::json!({"epoch": epoch, "batch": batch_index, "images": n, "loss": terms});
+                let _ = writeln!(log, "{line}");
+            },
+            &mut |i, message| {
+                let path = samples[i].image.display().to_string();
+                bar.suspend(|| tracing::warn!("skipping {path}: {message}"));
+                skipped.push(format!("{path}: {message}"));
+            },
+        )?;
+        bar.finish_and_clear();
+        trainer.save(&args.out, &state_path)?;
+        let seconds = started.elapsed().as_secs_f64();
+        let line = serde_json::json!({
+            "epoch": epoch, "summary": true, "loss": record.loss, "images": record.samples,
+            "skipped": record.skipped, "seconds": seconds, "seconds_per_image": seconds / record.samples as f64,
+        });
+        writeln!(log, "{line}")?;
+        tracing::info!(
+            "epoch {epoch}/{total_epochs}: loss {:.4} (ce {:.4}, focal {:.4}, dice {:.4}), {:.2} s/image; saved {}",
+            record.loss.total,
+            record.loss.ce,
+            record.loss.focal,
+            record.loss.dice,
+            seconds / record.samples as f64,
+            args.out.display()
+        );
+    }
+    if !skipped.is_empty() {
+        skipped.sort();
+        skipped.dedup();
+        eprintln!("{} unreadable files were skipped:", skipped.len());
+        for s in &skipped {
+            eprintln!("  {s}");
+        }
+    }
+    Ok(0)
+}
+
+/// Refuses a batch that would not fit in memory, before the first epoch. The estimate counts
+/// the tensors one step keeps alive: the value–value outputs of every two-path block, the
+/// read-out tokens and their gradients, and the S×S probability maps of each read-out layer
+/// (with `both`, every block's activations for autograd instead).
+fn check_memory(trainer: &Trainer, batch: usize) -> Result<()> {
+    let v = &trainer.clip.vision.config;
+    let s = trainer.config.image_size as f64;
+    let n = (s / v.patch as f64).powi(2) + 1.0;
+    let b = batch as f64;
+    let d = v.width as f64;
+    let blocks = (v.layers + 1 - trainer.config.dpam_start) as f64;
+    let readout = trainer.config.readout.len() as f64;
+    let f = 4.0;
+    let tokens = b * n * d * f;
+    let maps = readout * b * 2.0 * s * s * f * 6.0;
+    let bytes = match trainer.config.lhw_paths {
+        LhwPaths::Vv => blocks * tokens + readout * tokens * 4.0 + maps + 8.0 * tokens,
+        LhwPaths::Both => {
+            let attn = b * (v.heads as f64) * n * n * f;
+            v.layers as f64 * (tokens * 16.0 + attn * 3.0) + maps
+        }
+    };
+    let available = available_memory();
+    let need_gb = bytes / 1e9;
+    tracing::info!("estimated memory per batch of {batch}: {need_gb:.1} GB");
+    if let Some(avail) = available {
+        if bytes > avail as f64 * 0.9 {
+            bail!(
+                "a batch of {batch} needs about {need_gb:.1} GB, but only {:.1} GB is available: use a smaller --batch-size",
+                avail as f64 / 1e9
+            );
+        }
+    }
+    Ok(())
+}
+
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }

@@ -88,8 +88,8 @@ pub fn resolve_weights(given: Option<&Path>) -> Result<PathBuf> {
     })
 }
 
-/// Loads CLIP and HeadCLIP as the arguments say.
-pub fn load_model(args: &ModelArgs) -> Result<HeadClip> {
+/// CLIP as the arguments say (device, threads, weights), and the weights file it came from.
+pub fn load_clip(args: &ModelArgs) -> Result<(Clip, PathBuf)> {
     let device = parse_device(&args.device)?;
     if let Some(n) = args.threads {
         if n < 1 {
@@ -98,7 +98,6 @@ pub fn load_model(args: &ModelArgs) -> Result<HeadClip> {
         tch::set_num_threads(n);
     }
     let weights_path = resolve_weights(args.weights.as_deref())?;
-    let started = Instant::now();
     let state = load_state_dict(&weights_path)?;
     if state.random {
         tracing::warn!(
@@ -108,7 +107,14 @@ pub fn load_model(args: &ModelArgs) -> Result<HeadClip> {
     }
     let clip = Clip::from_state_dict(&state, device)
         .with_context(|| format!("building CLIP from {}", weights_path.display()))?;
-    drop(state);
+    Ok((clip, weights_path))
+}
+
+/// Loads CLIP and HeadCLIP as the arguments say.
+pub fn load_model(args: &ModelArgs) -> Result<HeadClip> {
+    let started = Instant::now();
+    let (clip, weights_path) = load_clip(args)?;
+    let device = clip.text.device();
     let (params, resolved) = match &args.params {
         Some(path) => {
             let (params, mut config, _) = HeadClipParams::load(path, &clip.config)?;

@@ -219,3 +219,17 @@ fn random_weights_are_announced_and_official_names_checked() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("5806e77c"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn same_stem_different_extension_keeps_both_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let bottle = repo().join("examples/images/bottle_good_000.png");
+    std::fs::copy(&bottle, input.join("Y92.png")).unwrap();
+    std::fs::copy(&bottle, input.join("Y92.jpg")).unwrap();
+    let out_dir = dir.path().join("out");
+    let out = run_predict(&["--out", out_dir.to_str().unwrap(), input.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out_dir.join("Y92_png.npy").exists() && out_dir.join("Y92_jpg.npy").exists());
+}

@@ -137,6 +137,10 @@ pub fn loss_and_gradients(
     let (ce, focal, dice) = loss(&global, &leaves);
     let total = &ce + &focal + &dice;
     total.backward();
+    if !terms.pixel {
+        // Without the pixel terms nothing reads the value–value stream: θ gets no gradient.
+        return Ok(summarise(&ce, &focal, &dice, &total));
+    }
 
     // ∂L/∂w per two-path block, from suffix sums of the read-out gradients.
     let blocks = &vision.blocks[config.dpam_start - 1..];
