@@ -1,11 +1,100 @@
-//! `headclip bench` (in progress).
+//! `headclip bench`: times inference or one training step on random input, for the side-by-side
+//! comparison with the PyTorch reference (`benches/compare.sh`). Prints one JSON line.
 
-use anyhow::Result;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
 use clap::Args;
+use headclip::model::HeadClipConfig;
+use headclip::train::{TrainOptions, TrainSample, Trainer};
+use tch::{Kind, Tensor};
+
+use crate::engine::{load_clip, load_model, ModelArgs};
 
 #[derive(Args, Debug)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// What to time: `infer` (scores, maps, smoothing) or `train` (loss, gradients, Adam).
+    #[arg(long, default_value = "infer")]
+    pub mode: String,
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Timed repetitions.
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// Untimed repetitions first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+}
 
-pub fn run(_args: BenchArgs) -> Result<i32> {
-    anyhow::bail!("not implemented yet")
+pub fn run(args: BenchArgs) -> Result<i32> {
+    if args.batch == 0 || args.iters == 0 {
+        bail!("--batch and --iters must be at least 1");
+    }
+    tch::manual_seed(0);
+    let mut step: Box<dyn FnMut()> = match args.mode.as_str() {
+        "infer" => {
+            let model = load_model(&args.model)?;
+            let s = model.image_size();
+            let images = Tensor::randn([args.batch as i64, 3, s, s], (Kind::Float, tch::Device::Cpu));
+            let device = model.device();
+            Box::new(move || {
+                let scores = model.score(&images.to_device(device));
+                assert_eq!(scores.len(), images.size()[0] as usize);
+            })
+        }
+        "train" => {
+            let (clip, _) = load_clip(&args.model)?;
+            let clip: &'static headclip::clip::Clip = Box::leak(Box::new(clip));
+            let config = HeadClipConfig { image_size: args.model.image_size, ..Default::default() };
+            let mut trainer = Trainer::new(clip, config, TrainOptions { batch_size: args.batch, ..Default::default() }, 8)?;
+            let side = trainer.config.image_size as usize;
+            let samples: Vec<TrainSample> = (0..args.batch)
+                .map(|i| {
+                    let image = Tensor::randn([3 * (side * side) as i64], (Kind::Float, tch::Device::Cpu));
+                    let mut mask = vec![0u8; side * side];
+                    if i % 2 == 0 {
+                        mask[side * side / 3..side * side / 2].fill(1);
+                    }
+                    TrainSample { image: Vec::try_from(&image).unwrap_or_default(), mask, anomalous: i % 2 == 0 }
+                })
+                .collect();
+            Box::new(move || {
+                trainer.train_batch(&samples).expect("training step");
+            })
+        }
+        other => bail!("unknown --mode {other:?}: infer or train"),
+    };
+    for _ in 0..args.warmup {
+        step();
+    }
+    let mut times = Vec::with_capacity(args.iters);
+    for _ in 0..args.iters {
+        let t = Instant::now();
+        step();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let line = serde_json::json!({
+        "engine": "headclip",
+        "mode": args.mode,
+        "batch": args.batch,
+        "device": args.model.device,
+        "threads": tch::get_num_threads(),
+        "ms_per_batch_median": median,
+        "ms_per_batch_min": times[0],
+        "images_per_s": args.batch as f64 * 1e3 / median,
+        "peak_rss_mb": peak_rss_mb(),
+    });
+    println!("{line}");
+    Ok(0)
+}
+
+/// Peak resident memory of this process (VmHWM), in MiB.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }

@@ -32,6 +32,20 @@ pub struct ModelArgs {
     /// Compute threads (default: all cores).
     #[arg(long)]
     pub threads: Option<i32>,
+    /// Precision of the CLIP towers: fp32, bf16 (CPUs with AMX/AVX512-BF16, or CUDA) or fp16
+    /// (CUDA only). Maps and scores are always computed in fp32.
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
+}
+
+fn parse_precision(s: &str, device: Device) -> Result<tch::Kind> {
+    Ok(match (s, device) {
+        ("fp32", _) => tch::Kind::Float,
+        ("bf16", _) => tch::Kind::BFloat16,
+        ("fp16", Device::Cuda(_)) => tch::Kind::Half,
+        ("fp16", _) => bail!("--precision fp16 needs --device cuda; on the CPU use bf16"),
+        (other, _) => bail!("unknown --precision {other:?}: fp32, bf16 or fp16"),
+    })
 }
 
 pub fn parse_device(s: &str) -> Result<Device> {
@@ -55,14 +69,17 @@ pub fn parse_device(s: &str) -> Result<Device> {
 /// libtorch's CUDA half is a separate library that the CPU build does not need at start-up; it
 /// registers its kernels when loaded, so load it only when CUDA is asked for.
 fn load_cuda_backend() {
-    let lib_dir = env!("HEADCLIP_LIBTORCH_LIB");
-    for name in ["libtorch_cuda.so"] {
-        let path = std::ffi::CString::new(format!("{lib_dir}/{name}")).expect("no NUL in path");
+    // The libtorch this binary was built against first, then the loader's search path
+    // (LD_LIBRARY_PATH), for a binary moved to a machine whose libtorch lives elsewhere.
+    let built = format!("{}/libtorch_cuda.so", env!("HEADCLIP_LIBTORCH_LIB"));
+    for candidate in [built.as_str(), "libtorch_cuda.so"] {
+        let Ok(path) = std::ffi::CString::new(candidate) else { continue };
         // SAFETY: dlopen with a valid C string; the handle is intentionally never closed.
         let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-        if handle.is_null() {
-            tracing::debug!("could not load {name} from {lib_dir}");
+        if !handle.is_null() {
+            return;
         }
+        tracing::debug!("could not load {candidate}");
     }
 }
 
@@ -97,8 +114,10 @@ pub fn load_clip(args: &ModelArgs) -> Result<(Clip, PathBuf)> {
         }
         tch::set_num_threads(n);
     }
+    let kind = parse_precision(&args.precision, device)?;
     let weights_path = resolve_weights(args.weights.as_deref())?;
-    let state = load_state_dict(&weights_path)?;
+    let mut state = load_state_dict(&weights_path)?;
+    state.kind = kind;
     if state.random {
         tracing::warn!(
             "{} holds RANDOM weights (made for tests and benchmarks): its scores mean nothing",

@@ -18,6 +18,7 @@
 pub mod clip;
 pub mod data;
 pub mod datasets;
+pub mod eval;
 pub mod metrics;
 pub mod model;
 pub mod train;

@@ -60,6 +60,8 @@ pub struct StateDict {
     pub format: CheckpointFormat,
     /// Marked as random weights (tests and benchmarks only) by `headclip weights random`.
     pub random: bool,
+    /// The precision the model is built in (fp32 unless a reduced precision is asked for).
+    pub kind: Kind,
 }
 
 impl StateDict {
@@ -68,6 +70,7 @@ impl StateDict {
             tensors,
             format,
             random: false,
+            kind: Kind::Float,
         }
     }
 

@@ -14,6 +14,7 @@ pub(crate) fn load(
     Ok(state
         .get_shaped(key, shape)?
         .to_device(device)
+        .to_kind(state.kind)
         .set_requires_grad(false))
 }
 

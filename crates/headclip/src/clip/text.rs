@@ -80,6 +80,7 @@ impl TextTransformer {
         for (i, block) in self.blocks.iter().enumerate() {
             if i >= 1 && i <= deep.len() {
                 let prompt = deep[i - 1]
+                    .to_kind(x.kind())
                     .unsqueeze(0)
                     .expand([b, DEEP_PROMPT_TOKENS, self.config.width], false);
                 x = Tensor::cat(

@@ -175,7 +175,7 @@ impl VisionTransformer {
                 let h = block.ln_1.forward(&o);
                 let (q, k, v) = block.attn.qkv(&h);
                 let w = head_weights(layer - opts.start, &h)
-                    .map(|w| w.view([b, block.attn.heads, 1, 1]));
+                    .map(|w| w.view([b, block.attn.heads, 1, 1]).to_kind(v.kind()));
                 let z_vv = attend(&v, &v, &v, false); // [B, H, N, d]
                 if keep_vv {
                     trunk.vv.push(z_vv.shallow_clone());

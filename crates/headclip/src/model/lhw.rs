@@ -21,7 +21,7 @@ pub fn head_weights(
     let theta = theta.unsqueeze(0).expand([b, heads], false);
     let logits = match (config.lhw_dynamic, &params.u) {
         (true, Some(u)) => {
-            let c = layers_l2_normalize(&h.select(1, 0)); // ĉ: [B, D]
+            let c = layers_l2_normalize(&h.select(1, 0)).to_kind(u.kind()); // ĉ: [B, D]
             theta + c.matmul(&u.get(block as i64).tr()) // [B, H]
         }
         _ => theta,

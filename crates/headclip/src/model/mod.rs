@@ -15,7 +15,7 @@ pub use lhw::head_weights;
 pub(crate) use params::serialize_f32;
 pub use params::{HeadClipParams, ParamsError, CONFIG_KEY, DEFAULT_DEEP_PROMPTS};
 
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::clip::{Clip, ClipTokenizer, DpamOptions, TokenizeError};
 
@@ -140,9 +140,12 @@ impl HeadClip {
             .clip
             .vision
             .forward(&images, &self.dpam_options(), &weights);
-        let text = text_features.to_kind(out.global.kind());
-        let global_score = scoring::two_class_probabilities(&out.global, &text).select(1, 1);
-        let layer_maps = scoring::layer_maps(&out.patch_features, &text, images.size()[3]);
+        // Scores and maps in fp32 whatever precision the towers ran in.
+        let text = text_features.to_kind(Kind::Float);
+        let global = out.global.to_kind(Kind::Float);
+        let features: Vec<Tensor> = out.patch_features.iter().map(|f| f.to_kind(Kind::Float)).collect();
+        let global_score = scoring::two_class_probabilities(&global, &text).select(1, 1);
+        let layer_maps = scoring::layer_maps(&features, &text, images.size()[3]);
         BatchOutput {
             global_score,
             layer_maps,
@@ -156,36 +159,24 @@ impl HeadClip {
         self.finish(&out)
     }
 
-    /// Smoothing and the joint score, on the CPU.
+    /// Smoothing and the joint score, on the model's device; the maps then come to the CPU.
     pub fn finish(&self, out: &BatchOutput) -> Vec<ImageScore> {
-        let maps = out
-            .layer_maps
-            .mean_dim(1, false, tch::Kind::Float)
-            .to_device(Device::Cpu)
-            .contiguous();
-        let global = out
-            .global_score
-            .to_kind(tch::Kind::Float)
-            .to_device(Device::Cpu);
+        let _guard = tch::no_grad_guard();
+        let maps = out.layer_maps.mean_dim(1, false, Kind::Float);
+        let maps = scoring::gaussian_smooth(&maps, self.config.smoothing_sigma); // [B, S, S]
         let (b, side) = (maps.size()[0], maps.size()[1]);
-        let global: Vec<f32> = Vec::try_from(&global).unwrap_or_default();
-        let flat: Vec<f32> = Vec::try_from(&maps.view([-1])).unwrap_or_default();
+        let pixel = scoring::top_fraction_mean(&maps, self.config.jas_top_fraction);
+        let to_vec = |t: &Tensor| -> Vec<f32> {
+            Vec::try_from(&t.to_kind(Kind::Float).to_device(Device::Cpu).contiguous().view([-1])).unwrap_or_default()
+        };
+        let (global, pixel, flat) = (to_vec(&out.global_score), to_vec(&pixel), to_vec(&maps));
         let plane = (side * side) as usize;
         (0..b as usize)
-            .map(|i| {
-                let map = scoring::gaussian_smooth(
-                    &flat[i * plane..(i + 1) * plane],
-                    side as usize,
-                    self.config.smoothing_sigma,
-                );
-                let pixel_score = scoring::top_fraction_mean(&map, self.config.jas_top_fraction);
-                let global_score = global[i];
-                ImageScore {
-                    score: scoring::joint_score(global_score, pixel_score, self.config.jas_lambda),
-                    global_score,
-                    pixel_score,
-                    map,
-                }
+            .map(|i| ImageScore {
+                score: scoring::joint_score(global[i], pixel[i], self.config.jas_lambda),
+                global_score: global[i],
+                pixel_score: pixel[i],
+                map: flat[i * plane..(i + 1) * plane].to_vec(),
             })
             .collect()
     }

@@ -84,7 +84,7 @@ pub fn learned_text_features(
     let ids = template_tokens(tokenizer)?.to_device(text.device());
     let x = text.embed_tokens(&ids); // [2, 77, W]
     let c = x.size()[1];
-    let ctx = Tensor::stack(&[&params.ctx_pos, &params.ctx_neg], 0); // [2, 12, W]
+    let ctx = Tensor::stack(&[&params.ctx_pos, &params.ctx_neg], 0).to_kind(x.kind()); // [2, 12, W]
     let x = Tensor::cat(
         &[
             x.narrow(1, 0, 1),

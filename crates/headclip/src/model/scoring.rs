@@ -45,49 +45,41 @@ fn reflect(i: i64, n: i64) -> usize {
     (if m < n { m } else { period - 1 - m }) as usize
 }
 
-/// Separable Gaussian smoothing of a `side`×`side` map, as `scipy.ndimage.gaussian_filter(map,
-/// sigma)` with its defaults. σ = 0 returns the map unchanged.
-pub fn gaussian_smooth(map: &[f32], side: usize, sigma: f64) -> Vec<f32> {
+/// Separable Gaussian smoothing of maps [B, S, S], as `scipy.ndimage.gaussian_filter(map, sigma)`
+/// does with its defaults (axis 0 first, "reflect" borders), on the maps' device. σ = 0 returns
+/// the maps unchanged.
+pub fn gaussian_smooth(maps: &Tensor, sigma: f64) -> Tensor {
     if sigma == 0.0 {
-        return map.to_vec();
+        return maps.shallow_clone();
     }
     let kernel = gaussian_kernel(sigma);
     let radius = (kernel.len() / 2) as i64;
-    let n = side as i64;
-    let pass = |src: &[f32], along_rows: bool| -> Vec<f32> {
-        let mut out = vec![0f32; src.len()];
-        for r in 0..side {
-            for c in 0..side {
-                let mut acc = 0f64;
-                for (j, w) in kernel.iter().enumerate() {
-                    let o = j as i64 - radius;
-                    let v = if along_rows {
-                        src[r * side + reflect(c as i64 + o, n)]
-                    } else {
-                        src[reflect(r as i64 + o, n) * side + c]
-                    };
-                    acc += w * v as f64;
-                }
-                out[r * side + c] = acc as f32;
-            }
-        }
-        out
+    let (b, side) = (maps.size()[0], maps.size()[1]);
+    let device = maps.device();
+    // Border handling by gathering reflected indices, then a 1-D convolution along the axis.
+    let index: Vec<i64> = (-radius..side + radius).map(|i| reflect(i, side) as i64).collect();
+    let index = Tensor::from_slice(&index).to_device(device);
+    let weights: Vec<f32> = kernel.iter().map(|&w| w as f32).collect();
+    let weights = Tensor::from_slice(&weights).view([1, 1, -1]).to_device(device).to_kind(maps.kind());
+    let along_last = |x: &Tensor| -> Tensor {
+        let padded = x.index_select(2, &index); // [B, S, S + 2r]
+        padded
+            .reshape([-1, 1, side + 2 * radius])
+            .conv1d(&weights, None::<Tensor>, [1], [0], [1], 1)
+            .reshape([b, side, side])
     };
-    // scipy filters axis 0 first, then axis 1; rounding to f32 between passes as it does.
-    let vertical = pass(map, false);
-    pass(&vertical, true)
+    let vertical = along_last(&maps.transpose(1, 2)).transpose(1, 2);
+    along_last(&vertical.contiguous())
 }
 
-/// Mean of the `max(1, ⌈k·n⌉)` largest values.
-pub fn top_fraction_mean(values: &[f32], fraction: f64) -> f32 {
-    if values.is_empty() {
-        return f32::NAN;
-    }
-    let k = ((fraction * values.len() as f64).ceil() as usize).clamp(1, values.len());
-    let mut v = values.to_vec();
-    let idx = v.len() - k;
-    v.select_nth_unstable_by(idx, |a, b| a.total_cmp(b));
-    (v[idx..].iter().map(|&x| x as f64).sum::<f64>() / k as f64) as f32
+/// Mean of the `max(1, ⌈k·n⌉)` largest values of each map. maps: [B, …] → [B] (f64)
+pub fn top_fraction_mean(maps: &Tensor, fraction: f64) -> Tensor {
+    let b = maps.size()[0];
+    let flat = maps.reshape([b, -1]);
+    let n = flat.size()[1];
+    let k = ((fraction * n as f64).ceil() as i64).clamp(1, n.max(1));
+    let (top, _) = flat.topk(k, -1, true, false);
+    top.to_kind(Kind::Double).mean_dim(-1, false, Kind::Double)
 }
 
 /// `s = (1 − λ)·s_g + λ·s_p`.
@@ -110,23 +102,22 @@ mod tests {
     #[test]
     fn smoothing_keeps_constants_and_mass_position() {
         let side = 40;
-        let flat = vec![0.25f32; side * side];
-        assert!(gaussian_smooth(&flat, side, 4.0)
-            .iter()
-            .all(|v| (v - 0.25).abs() < 1e-6));
-        let mut spike = vec![0f32; side * side];
-        spike[20 * side + 20] = 1.0;
-        let s = gaussian_smooth(&spike, side, 4.0);
-        let max = s.iter().cloned().fold(f32::MIN, f32::max);
-        assert_eq!(s[20 * side + 20], max);
-        assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+        let flat = Tensor::full([1, side, side], 0.25, (Kind::Float, tch::Device::Cpu));
+        let s = gaussian_smooth(&flat, 4.0);
+        assert!((s - 0.25).abs().max().double_value(&[]) < 1e-6);
+        let spike = Tensor::zeros([1, side, side], (Kind::Float, tch::Device::Cpu));
+        let _ = spike.get(0).get(20).get(20).fill_(1.0);
+        let s = gaussian_smooth(&spike, 4.0);
+        assert_eq!(s.argmax(None, false).int64_value(&[]), 20 * side + 20);
+        assert!((s.sum(Kind::Float).double_value(&[]) - 1.0).abs() < 1e-4);
     }
 
     #[test]
     fn top_fraction_takes_at_least_one() {
-        let v = [0.1, 0.9, 0.5, 0.3];
-        assert_eq!(top_fraction_mean(&v, 0.01), 0.9);
-        assert!((top_fraction_mean(&v, 0.5) - 0.7).abs() < 1e-6);
-        assert!((top_fraction_mean(&v, 1.0) - 0.45).abs() < 1e-6);
+        let v = Tensor::from_slice(&[0.1f32, 0.9, 0.5, 0.3]).view([1, 4]);
+        let mean = |k: f64| top_fraction_mean(&v, k).double_value(&[0]);
+        assert!((mean(0.01) - 0.9).abs() < 1e-6);
+        assert!((mean(0.5) - 0.7).abs() < 1e-6);
+        assert!((mean(1.0) - 0.45).abs() < 1e-6);
     }
 }
