@@ -52,7 +52,7 @@ def train_ours(model, images, labels, masks, cfg: ref.Config, params: ref.Params
         x = visual.conv1(images)
         d_model, grid = x.shape[1], x.shape[-1]
         x = x.reshape(b, d_model, -1).permute(0, 2, 1)
-        x = torch.cat([visual.class_embedding + torch.zeros(b, 1, d_model), x], 1)
+        x = torch.cat([visual.class_embedding + torch.zeros(b, 1, d_model, device=x.device), x], 1)
         o = visual.ln_pre(x + ref.resized_positional_embedding(visual.positional_embedding, grid))
         s, tokens, vv = None, {}, []
         for l, block in enumerate(visual.transformer.resblocks, start=1):
@@ -95,7 +95,7 @@ def train_ours(model, images, labels, masks, cfg: ref.Config, params: ref.Params
         z = vv[j]
         bb, h, n, d = z.shape
         gz = (suffix @ blocks[j].attn.out_proj.weight).view(bb, n, h, d).transpose(1, 2)
-        w = ref.head_weights(cfg, params, j, torch.zeros(bb, 1, 1), h)
+        w = ref.head_weights(cfg, params, j, torch.zeros(bb, 1, 1, device=z.device), h)
         surrogate = surrogate + (w * (gz * z).sum((2, 3))).sum()
     if torch.is_tensor(surrogate):
         surrogate.backward()
@@ -126,7 +126,7 @@ def main():
 
     if args.mode == "infer":
         with torch.no_grad():
-            text = ref.encode_ensemble_text(model).to(dev)
+            text = ref.encode_ensemble_text(model)
         params = ref.Params()
 
         def step():
@@ -139,6 +139,8 @@ def main():
             named[k] = named[k].to(dev).requires_grad_(True)
         params = ref.Params(ctx_pos=named["prompt.ctx_pos"], ctx_neg=named["prompt.ctx_neg"],
                             deep=[named[f"prompt.deep.{i}"] for i in range(8)], theta=named["lhw.theta"])
+        for k, t in ref.trainable(params).items():
+            assert t.is_leaf and t.device == dev, k
         opt = torch.optim.Adam(list(named.values()), lr=1e-3, betas=(0.5, 0.999))
         labels = (torch.arange(args.batch, device=dev) % 2 == 0).long()
         masks = torch.zeros(args.batch, args.image_size, args.image_size, device=dev)

@@ -87,7 +87,7 @@ def template_tokens() -> torch.Tensor:
 
 def encode_prompted_text(model, params: Params) -> torch.Tensor:
     """Learned prompts: [t_n, t_a], each L2-normalised. [2, E]"""
-    ids = template_tokens()
+    ids = template_tokens().to(model.positional_embedding.device)
     x = model.token_embedding(ids).clone()  # [2, 77, W]
     x[0, 1:13] = params.ctx_pos
     x[1, 1:13] = params.ctx_neg
@@ -108,7 +108,7 @@ def encode_ensemble_text(model, object_word: str = "object") -> torch.Tensor:
     for states in (NORMAL_STATES, ABNORMAL_STATES):
         sentences = [t.format(s.format(object_word)) for s in states for t in TEMPLATES]
         with torch.no_grad():
-            f = model.encode_text(clip.tokenize(sentences)).float()
+            f = model.encode_text(clip.tokenize(sentences).to(model.positional_embedding.device)).float()
         f = F.normalize(f, dim=-1).mean(dim=0)
         sides.append(F.normalize(f, dim=-1))
     return torch.stack(sides)
@@ -121,7 +121,7 @@ def head_weights(cfg: Config, params: Params, layer_index: int, h1: torch.Tensor
     """w_{l,h} for one DPAM block, per image. [B, H]"""
     b = h1.shape[0]
     if params.theta is None:
-        return torch.ones(b, heads)
+        return torch.ones(b, heads, device=h1.device)
     logits = params.theta[layer_index].expand(b, heads)
     if cfg.lhw_dynamic:
         c = F.normalize(h1[:, 0, :], dim=-1)  # [B, D]
@@ -160,7 +160,7 @@ def encode_image(model, images: torch.Tensor, cfg: Config, params: Params):
     x = visual.conv1(images)  # [B, D, G, G]
     d_model, grid = x.shape[1], x.shape[-1]
     x = x.reshape(b, d_model, grid * grid).permute(0, 2, 1)
-    cls = visual.class_embedding + torch.zeros(b, 1, d_model)
+    cls = visual.class_embedding + torch.zeros(b, 1, d_model, device=images.device)
     x = torch.cat([cls, x], dim=1) + resized_positional_embedding(visual.positional_embedding, grid)
     o = visual.ln_pre(x)  # [B, N, D]
     s = None
@@ -215,16 +215,16 @@ def score(model, images: torch.Tensor, text: torch.Tensor, cfg: Config, params: 
         p = F.interpolate(p, size=(side, side), mode="bilinear", align_corners=False)
         layer_maps.append((p[:, 1] + 1 - p[:, 0]) / 2)
     layer_maps = torch.stack(layer_maps, dim=1)  # [B, R, S, S]
-    raw = layer_maps.mean(dim=1).detach().numpy()
+    raw = layer_maps.mean(dim=1).detach().cpu().numpy()
     smoothed = gaussian_smooth(raw, cfg.sigma)
     k = max(1, math.ceil(cfg.jas_top_fraction * side * side))
     pixel_score = np.sort(smoothed.reshape(len(smoothed), -1), axis=1)[:, -k:].mean(axis=1)
-    gs = global_score.detach().numpy()
+    gs = global_score.detach().cpu().numpy()
     joint = (1 - cfg.jas_lambda) * gs + cfg.jas_lambda * pixel_score
     return {
-        "global_feature": g.detach().numpy(),
+        "global_feature": g.detach().cpu().numpy(),
         "global_score": gs,
-        "layer_maps": layer_maps.detach().numpy(),
+        "layer_maps": layer_maps.detach().cpu().numpy(),
         "map": smoothed,
         "pixel_score": pixel_score,
         "score": joint,
