@@ -140,7 +140,7 @@ def main():
         params = ref.Params(ctx_pos=named["prompt.ctx_pos"], ctx_neg=named["prompt.ctx_neg"],
                             deep=[named[f"prompt.deep.{i}"] for i in range(8)], theta=named["lhw.theta"])
         for k, t in ref.trainable(params).items():
-            assert t.is_leaf and t.device == dev, k
+            assert t.is_leaf and t.device.type == dev.type, k
         opt = torch.optim.Adam(list(named.values()), lr=1e-3, betas=(0.5, 0.999))
         labels = (torch.arange(args.batch, device=dev) % 2 == 0).long()
         masks = torch.zeros(args.batch, args.image_size, args.image_size, device=dev)

@@ -32,6 +32,9 @@ pub fn run(args: BenchArgs) -> Result<i32> {
     if args.batch == 0 || args.iters == 0 {
         bail!("--batch and --iters must be at least 1");
     }
+    // CUDA must be set up before the first libtorch call, which would otherwise settle on "no
+    // CUDA" for the rest of the process.
+    crate::engine::parse_device(&args.model.device)?;
     tch::manual_seed(0);
     let mut step: Box<dyn FnMut()> = match args.mode.as_str() {
         "infer" => {
