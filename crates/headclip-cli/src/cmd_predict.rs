@@ -122,7 +122,7 @@ pub fn run(args: PredictArgs) -> Result<i32> {
         bail!("--batch-size must be at least 1");
     }
     let mut inputs = collect_inputs(&args.paths)?;
-    for missing in inputs.iter().filter(|i| !i.from_folder && !i.path.exists()) {
+    if let Some(missing) = inputs.iter().find(|i| !i.from_folder && !i.path.exists()) {
         bail!("{} does not exist", missing.path.display());
     }
     if let Some(out) = &args.out {
@@ -170,7 +170,7 @@ pub fn run(args: PredictArgs) -> Result<i32> {
                 let done = std::mem::take(&mut batch);
                 let scores = score_batch(&model, &done, side);
                 for (p, s) in done.iter().zip(scores) {
-                    match emit(&p, &s, side, args.out.as_deref()) {
+                    match emit(p, &s, side, args.out.as_deref()) {
                         Ok(()) => scored += 1,
                         Err(e) => {
                             failed += 1;
