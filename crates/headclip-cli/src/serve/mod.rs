@@ -1,0 +1,232 @@
+//! The server behind `headclip serve`: an axum router on a tokio runtime, the model on its own
+//! thread (see [`worker`]), and the page's files embedded in the binary.
+//!
+//! The path of one image: the handler reads the body (at most `--max-body-bytes`), takes one of
+//! the `--queue` admission places (none left: 503 with `Retry-After`), decodes and pre-processes
+//! on tokio's blocking pool, hands the pixels to the model thread through a bounded channel,
+//! waits for its batch, and draws the overlay on the blocking pool again. The async workers only
+//! move bytes.
+
+mod api;
+mod error;
+mod metrics;
+mod store;
+mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue, Method};
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+use tokio::sync::Semaphore;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::engine::ModelArgs;
+use metrics::Metrics;
+use store::OverlayStore;
+use worker::{BatchConfig, ModelInfo, Submitter};
+
+/// The server's settings (from `ServeArgs`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub token: Option<String>,
+    pub threshold: f32,
+    pub max_batch: usize,
+    pub batch_wait: Duration,
+    pub queue: usize,
+    pub timeout: Duration,
+    pub max_body_bytes: usize,
+    pub max_pixels: u64,
+    pub cors_origin: Option<String>,
+    pub overlay_ttl: Duration,
+}
+
+/// Overlays kept for `overlay=url`: at most this many…
+const OVERLAY_MAX_ENTRIES: usize = 1024;
+/// …and this many bytes.
+const OVERLAY_MAX_BYTES: usize = 256 << 20;
+
+/// What every handler shares.
+pub struct App {
+    cfg: Config,
+    info: ModelInfo,
+    submit: Submitter,
+    /// One permit per image admitted; `--queue` in all.
+    admission: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    overlays: OverlayStore,
+    colormap_png: axum::body::Bytes,
+}
+
+impl Config {
+    fn check(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.threshold) {
+            bail!("--threshold must be in [0, 1]");
+        }
+        if self.max_batch == 0 {
+            bail!("--max-batch must be at least 1");
+        }
+        if self.queue == 0 {
+            bail!("--queue must be at least 1");
+        }
+        if self.timeout.is_zero() {
+            bail!("--timeout-ms must be positive");
+        }
+        if self.max_body_bytes == 0 {
+            bail!("--max-body-bytes must be positive");
+        }
+        if self
+            .token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty() || t.trim() != t)
+        {
+            bail!("the token must be non-empty, without spaces around it");
+        }
+        Ok(())
+    }
+}
+
+/// Loads the model, serves until SIGTERM or Ctrl-C, then finishes the requests in flight and
+/// returns 0.
+pub fn run(cfg: Config, model: ModelArgs) -> Result<i32> {
+    cfg.check()?;
+    // Bind before loading the model: a busy port fails in a second, not after a long load.
+    let listener = std::net::TcpListener::bind(cfg.addr)
+        .with_context(|| format!("cannot listen on {}", cfg.addr))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    if !local.ip().is_loopback() && cfg.token.is_none() {
+        tracing::warn!("listening on {local}, beyond this machine, without a token (--token or HEADCLIP_TOKEN)");
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let batch = BatchConfig {
+        max_batch: cfg.max_batch,
+        batch_wait: cfg.batch_wait,
+        capacity: cfg.queue,
+    };
+    let (info, submit, worker) = worker::start(model, batch, metrics.clone())?;
+
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(cores.clamp(1, 4))
+        // Decoding and overlays: bounded, so that many large images cannot exhaust memory.
+        .max_blocking_threads(cores.max(2))
+        .thread_name("headclip-http")
+        .build()?;
+    let app = Arc::new(App {
+        admission: Arc::new(Semaphore::new(cfg.queue)),
+        overlays: OverlayStore::new(cfg.overlay_ttl, OVERLAY_MAX_ENTRIES, OVERLAY_MAX_BYTES),
+        colormap_png: api::colormap_image()?.into(),
+        cfg,
+        info,
+        submit,
+        metrics,
+    });
+    let result = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let router = router(app.clone())?;
+        tracing::info!(
+            "serving {} (S = {}, {:?}) on http://{local}/ (max batch {}, queue {})",
+            app.info.model,
+            app.info.image_size,
+            app.info.mode,
+            app.cfg.max_batch,
+            app.cfg.queue
+        );
+        // The line tests and scripts wait for; everything else goes to stderr.
+        println!("listening on http://{local}");
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        tracing::info!("all requests answered; stopping");
+        anyhow::Ok(())
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    worker.stop();
+    result.map(|()| 0)
+}
+
+fn router(app: Arc<App>) -> Result<Router> {
+    let protected = Router::new()
+        .route("/v1/detect", post(api::detect))
+        .route("/v1/overlays/{file}", get(api::overlay_png))
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            api::require_token,
+        ));
+    let mut router = Router::new()
+        .route("/", get(api::index))
+        .route("/assets/app.js", get(api::app_js))
+        .route("/assets/style.css", get(api::style_css))
+        .route("/healthz", get(api::healthz))
+        .route("/metrics", get(api::metrics))
+        .route("/v1/colormap.png", get(api::colormap_png))
+        .merge(protected)
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(DefaultBodyLimit::max(app.cfg.max_body_bytes))
+        .layer(middleware::from_fn_with_state(app.clone(), api::track));
+    if let Some(origin) = &app.cfg.cors_origin {
+        let allow = if origin == "*" {
+            AllowOrigin::any()
+        } else {
+            AllowOrigin::exact(
+                HeaderValue::from_str(origin)
+                    .context("--cors-origin is not a valid header value")?,
+            )
+        };
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(allow)
+                .allow_methods([Method::GET, Method::POST])
+                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+                .expose_headers([header::RETRY_AFTER]),
+        );
+    }
+    Ok(router.with_state(app))
+}
+
+/// Resolves on the first SIGTERM or Ctrl-C; a second one ends the process at once.
+async fn shutdown_signal() {
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new connections, finishing the requests in flight");
+    tokio::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting without waiting");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
