@@ -40,7 +40,10 @@ pub fn run(args: BenchArgs) -> Result<i32> {
         "infer" => {
             let model = load_model(&args.model)?;
             let s = model.image_size();
-            let images = Tensor::randn([args.batch as i64, 3, s, s], (Kind::Float, tch::Device::Cpu));
+            let images = Tensor::randn(
+                [args.batch as i64, 3, s, s],
+                (Kind::Float, tch::Device::Cpu),
+            );
             let device = model.device();
             Box::new(move || {
                 let scores = model.score(&images.to_device(device));
@@ -50,17 +53,33 @@ pub fn run(args: BenchArgs) -> Result<i32> {
         "train" => {
             let (clip, _) = load_clip(&args.model)?;
             let clip: &'static headclip::clip::Clip = Box::leak(Box::new(clip));
-            let config = HeadClipConfig { image_size: args.model.image_size, ..Default::default() };
-            let mut trainer = Trainer::new(clip, config, TrainOptions { batch_size: args.batch, ..Default::default() }, 8)?;
+            let config = HeadClipConfig {
+                image_size: args.model.image_size,
+                ..Default::default()
+            };
+            let mut trainer = Trainer::new(
+                clip,
+                config,
+                TrainOptions {
+                    batch_size: args.batch,
+                    ..Default::default()
+                },
+                8,
+            )?;
             let side = trainer.config.image_size as usize;
             let samples: Vec<TrainSample> = (0..args.batch)
                 .map(|i| {
-                    let image = Tensor::randn([3 * (side * side) as i64], (Kind::Float, tch::Device::Cpu));
+                    let image =
+                        Tensor::randn([3 * (side * side) as i64], (Kind::Float, tch::Device::Cpu));
                     let mut mask = vec![0u8; side * side];
                     if i % 2 == 0 {
                         mask[side * side / 3..side * side / 2].fill(1);
                     }
-                    TrainSample { image: Vec::try_from(&image).unwrap_or_default(), mask, anomalous: i % 2 == 0 }
+                    TrainSample {
+                        image: Vec::try_from(&image).unwrap_or_default(),
+                        mask,
+                        anomalous: i % 2 == 0,
+                    }
                 })
                 .collect();
             Box::new(move || {
@@ -98,6 +117,12 @@ pub fn run(args: BenchArgs) -> Result<i32> {
 /// Peak resident memory of this process (VmHWM), in MiB.
 pub fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
     Some(kb / 1024.0)
 }

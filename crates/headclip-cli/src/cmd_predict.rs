@@ -57,18 +57,30 @@ fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<Input>> {
             files.sort();
             for path in files {
                 let rel = path.strip_prefix(arg).unwrap_or(&path).with_extension("");
-                inputs.push(Input { path, name: rel, from_folder: true });
+                inputs.push(Input {
+                    path,
+                    name: rel,
+                    from_folder: true,
+                });
             }
         } else {
-            let stem = arg.file_stem().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("image"));
-            inputs.push(Input { path: arg.clone(), name: stem, from_folder: false });
+            let stem = arg
+                .file_stem()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("image"));
+            inputs.push(Input {
+                path: arg.clone(),
+                name: stem,
+                from_folder: false,
+            });
         }
     }
     Ok(inputs)
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("cannot list {}: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", dir.display()))?;
     for entry in entries {
         let entry = entry?;
         let path = entry.path();
@@ -98,7 +110,13 @@ enum Loaded {
     Skipped(Input),
 }
 
-fn load(input: Input, side: u32, limits: &DecodeLimits, keep_original: bool, skip_non_images: bool) -> Loaded {
+fn load(
+    input: Input,
+    side: u32,
+    limits: &DecodeLimits,
+    keep_original: bool,
+    skip_non_images: bool,
+) -> Loaded {
     let bytes = match std::fs::read(&input.path) {
         Ok(b) => b,
         Err(e) => return Loaded::Failed(input, format!("cannot read: {e}")),
@@ -111,7 +129,13 @@ fn load(input: Input, side: u32, limits: &DecodeLimits, keep_original: bool, ski
             let pixels = data::preprocess(&img, side);
             let (width, height) = (img.width, img.height);
             let original = keep_original.then_some(img);
-            Loaded::Ready(Box::new(Prepared { input, original, width, height, pixels }))
+            Loaded::Ready(Box::new(Prepared {
+                input,
+                original,
+                width,
+                height,
+                pixels,
+            }))
         }
         Err(e) => Loaded::Failed(input, e.to_string()),
     }
@@ -126,12 +150,15 @@ pub fn run(args: PredictArgs) -> Result<i32> {
         bail!("{} does not exist", missing.path.display());
     }
     if let Some(out) = &args.out {
-        std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
+        std::fs::create_dir_all(out)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
         resolve_name_collisions(&mut inputs)?;
     }
     let model = load_model(&args.model)?;
     let side = model.image_size() as u32;
-    let limits = DecodeLimits { max_pixels: args.max_pixels };
+    let limits = DecodeLimits {
+        max_pixels: args.max_pixels,
+    };
 
     let progress = ProgressBar::new(inputs.len() as u64);
     progress.set_style(
@@ -146,7 +173,10 @@ pub fn run(args: PredictArgs) -> Result<i32> {
     std::thread::scope(|scope| -> Result<()> {
         scope.spawn(move || {
             for input in inputs {
-                if tx.send(load(input, side, &limits, keep_original, skip)).is_err() {
+                if tx
+                    .send(load(input, side, &limits, keep_original, skip))
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -185,7 +215,11 @@ pub fn run(args: PredictArgs) -> Result<i32> {
     })?;
     progress.finish_and_clear();
     tracing::info!("{scored} images scored, {failed} failed");
-    Ok(if failed > 0 { crate::EXIT_SOME_FAILED } else { 0 })
+    Ok(if failed > 0 {
+        crate::EXIT_SOME_FAILED
+    } else {
+        0
+    })
 }
 
 /// Files whose names differ only in their extension (BrainMRI has `Y92.jpg` and `Y92.png`) keep
@@ -201,7 +235,11 @@ fn resolve_name_collisions(inputs: &mut [Input]) -> Result<()> {
                 let mut name = i.name.clone().into_os_string();
                 name.push("_");
                 name.push(ext);
-                tracing::warn!("{} is written as {}.npy: another file has the same stem", i.path.display(), name.to_string_lossy());
+                tracing::warn!(
+                    "{} is written as {}.npy: another file has the same stem",
+                    i.path.display(),
+                    name.to_string_lossy()
+                );
                 i.name = PathBuf::from(name);
             }
         }
@@ -229,7 +267,10 @@ fn report_failure(progress: &ProgressBar, path: &Path, message: &str) {
 
 fn score_batch(model: &HeadClip, batch: &[Prepared], side: u32) -> Vec<ImageScore> {
     let s = side as i64;
-    let flat: Vec<f32> = batch.iter().flat_map(|p| p.pixels.iter().copied()).collect();
+    let flat: Vec<f32> = batch
+        .iter()
+        .flat_map(|p| p.pixels.iter().copied())
+        .collect();
     let images = Tensor::from_slice(&flat).view([batch.len() as i64, 3, s, s]);
     model.score(&images)
 }

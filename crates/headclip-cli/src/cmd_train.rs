@@ -92,7 +92,10 @@ pub enum LhwPathsArg {
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!("{stem}{suffix}"))
 }
 
@@ -100,11 +103,20 @@ pub fn run(args: TrainArgs) -> Result<i32> {
     if args.batch_size == 0 || args.epochs == 0 {
         bail!("--batch-size and --epochs must be at least 1");
     }
-    let state_path = args.state.clone().unwrap_or_else(|| with_suffix(&args.out, ".state.safetensors"));
-    let log_path = args.loss_log.clone().unwrap_or_else(|| with_suffix(&args.out, ".losses.jsonl"));
+    let state_path = args
+        .state
+        .clone()
+        .unwrap_or_else(|| with_suffix(&args.out, ".state.safetensors"));
+    let log_path = args
+        .loss_log
+        .clone()
+        .unwrap_or_else(|| with_suffix(&args.out, ".losses.jsonl"));
 
     // Data first: every problem with it is reported before any compute.
-    let load_opts = LoadOptions { allow_missing_masks: args.allow_missing_masks, check_sizes: true };
+    let load_opts = LoadOptions {
+        allow_missing_masks: args.allow_missing_masks,
+        check_sizes: true,
+    };
     let mut samples: Vec<Sample> = Vec::new();
     for spec in &args.data {
         let set = datasets::load(spec, &load_opts).with_context(|| format!("--data {spec}"))?;
@@ -121,10 +133,18 @@ pub fn run(args: TrainArgs) -> Result<i32> {
              (pass --allow-single-class to train anyway)"
         );
     }
-    let missing_masks = samples.iter().filter(|s| s.anomalous && s.mask.is_none()).count();
-    let loss = LossSelection { global: true, pixel: missing_masks == 0 };
+    let missing_masks = samples
+        .iter()
+        .filter(|s| s.anomalous && s.mask.is_none())
+        .count();
+    let loss = LossSelection {
+        global: true,
+        pixel: missing_masks == 0,
+    };
     if missing_masks > 0 {
-        tracing::warn!("{missing_masks} anomalous images have no mask: training the global term only");
+        tracing::warn!(
+            "{missing_masks} anomalous images have no mask: training the global term only"
+        );
     }
 
     let (clip, weights_path) = load_clip(&args.model)?;
@@ -161,19 +181,37 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         // The run's length is the one asked for now; everything else comes from the state.
         t.options.epochs = args.epochs;
         if t.options.seed != options.seed || t.options.batch_size != options.batch_size {
-            tracing::warn!("resuming with the state's seed {} and batch size {}", t.options.seed, t.options.batch_size);
+            tracing::warn!(
+                "resuming with the state's seed {} and batch size {}",
+                t.options.seed,
+                t.options.batch_size
+            );
         }
-        tracing::info!("resuming {} after epoch {}", state_path.display(), t.epochs_done);
+        tracing::info!(
+            "resuming {} after epoch {}",
+            state_path.display(),
+            t.epochs_done
+        );
         t
     } else {
         if args.resume {
-            tracing::warn!("no training state at {}: starting afresh", state_path.display());
+            tracing::warn!(
+                "no training state at {}: starting afresh",
+                state_path.display()
+            );
         }
         Trainer::new(&clip, file_config, options, args.deep_prompts)?
     };
     let mut provenance = BTreeMap::new();
     provenance.insert("headclip.clip_sha256".to_string(), sha);
-    provenance.insert("headclip.data".to_string(), args.data.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(" "));
+    provenance.insert(
+        "headclip.data".to_string(),
+        args.data
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
     trainer.provenance = provenance;
 
     let side = trainer.config.image_size as u32;
@@ -199,7 +237,11 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             }
             None => vec![0; (side * side) as usize],
         };
-        Ok(TrainSample { image: data::preprocess(&img, side), mask, anomalous: s.anomalous })
+        Ok(TrainSample {
+            image: data::preprocess(&img, side),
+            mask,
+            anomalous: s.anomalous,
+        })
     };
 
     let mut log = std::fs::OpenOptions::new()

@@ -78,12 +78,16 @@ pub fn run(args: WeightsArgs) -> Result<()> {
 
 fn random(shape: &str, out: &Path, seed: i64) -> Result<()> {
     use headclip::clip::{random_clip_safetensors, RANDOM_SHAPES};
-    let Some(shape) = RANDOM_SHAPES.iter().find(|s| s.name.eq_ignore_ascii_case(shape)) else {
+    let Some(shape) = RANDOM_SHAPES
+        .iter()
+        .find(|s| s.name.eq_ignore_ascii_case(shape))
+    else {
         let names: Vec<_> = RANDOM_SHAPES.iter().map(|s| s.name).collect();
         anyhow::bail!("unknown shape {shape:?}; one of {}", names.join(", "));
     };
     let bytes = random_clip_safetensors(shape, seed)?;
-    headclip::write_atomically(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    headclip::write_atomically(out, &bytes)
+        .with_context(|| format!("writing {}", out.display()))?;
     eprintln!(
         "wrote RANDOM {} weights (seed {seed}) to {}: for tests and benchmarks only",
         shape.name,

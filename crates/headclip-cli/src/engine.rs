@@ -73,7 +73,9 @@ fn load_cuda_backend() {
     // (LD_LIBRARY_PATH), for a binary moved to a machine whose libtorch lives elsewhere.
     let built = format!("{}/libtorch_cuda.so", env!("HEADCLIP_LIBTORCH_LIB"));
     for candidate in [built.as_str(), "libtorch_cuda.so"] {
-        let Ok(path) = std::ffi::CString::new(candidate) else { continue };
+        let Ok(path) = std::ffi::CString::new(candidate) else {
+            continue;
+        };
         // SAFETY: dlopen with a valid C string; the handle is intentionally never closed.
         let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
         if !handle.is_null() {
@@ -87,13 +89,20 @@ fn load_cuda_backend() {
 pub fn resolve_weights(given: Option<&Path>) -> Result<PathBuf> {
     if let Some(path) = given {
         if !path.is_file() {
-            bail!("CLIP weights {} not found (from --weights or {})", path.display(), weights::ENV_WEIGHTS);
+            bail!(
+                "CLIP weights {} not found (from --weights or {})",
+                path.display(),
+                weights::ENV_WEIGHTS
+            );
         }
         weights::verify_official(path).with_context(|| format!("checking {}", path.display()))?;
         return Ok(path.to_path_buf());
     }
     let official = weights::lookup(DEFAULT_CHECKPOINT)?;
-    tracing::info!("no --weights given: looking for {} in the cache or downloading it", official.file_name);
+    tracing::info!(
+        "no --weights given: looking for {} in the cache or downloading it",
+        official.file_name
+    );
     weights::fetch(DEFAULT_CHECKPOINT, weights::FetchOptions::new()).with_context(|| {
         format!(
             "no CLIP weights given (--weights PATH or {env}=PATH) and {file} (sha256 {sha}) \
@@ -155,7 +164,10 @@ pub fn load_model(args: &ModelArgs) -> Result<HeadClip> {
             (Some(params), resolved)
         }
         None => {
-            let config = HeadClipConfig { image_size: args.image_size, ..Default::default() };
+            let config = HeadClipConfig {
+                image_size: args.image_size,
+                ..Default::default()
+            };
             (None, config.resolve(&clip.config)?)
         }
     };

@@ -12,7 +12,11 @@ mod engine;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "headclip", version, about = "Zero-shot visual anomaly detection with HeadCLIP")]
+#[command(
+    name = "headclip",
+    version,
+    about = "Zero-shot visual anomaly detection with HeadCLIP"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,7 +47,8 @@ fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HEADCLIP_LOG").unwrap_or_else(|_| "headclip=info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("HEADCLIP_LOG")
+                .unwrap_or_else(|_| "headclip=info".into()),
         )
         .with_target(false)
         .without_time()

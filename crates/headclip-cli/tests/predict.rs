@@ -9,12 +9,16 @@ fn repo() -> PathBuf {
 }
 
 fn tiny(file: &str) -> PathBuf {
-    repo().join("crates/headclip/tests/fixtures/tiny").join(file)
+    repo()
+        .join("crates/headclip/tests/fixtures/tiny")
+        .join(file)
 }
 
 fn headclip(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_headclip"));
-    cmd.args(args).env_remove("HEADCLIP_WEIGHTS").env("HEADCLIP_LOG", "headclip=info");
+    cmd.args(args)
+        .env_remove("HEADCLIP_WEIGHTS")
+        .env("HEADCLIP_LOG", "headclip=info");
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -22,7 +26,10 @@ fn headclip(args: &[&str], envs: &[(&str, &str)]) -> Output {
 }
 
 fn lines(out: &Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
 }
 
 fn model_args() -> Vec<String> {
@@ -51,9 +58,22 @@ fn read_npy(path: &Path) -> ((usize, usize), Vec<f32>) {
     let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
     assert!(header.contains("'descr': '<f4'"), "{header}");
-    let shape = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
-    let dims: Vec<usize> = shape.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
-    let data = bytes[10 + header_len..].chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let shape = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let dims: Vec<usize> = shape
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let data = bytes[10 + header_len..]
+        .chunks(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     ((dims[0], dims[1]), data)
 }
 
@@ -68,12 +88,24 @@ fn folder_outputs_mirror_sub_folders() {
     }
     let out_dir = dir.path().join("out");
     let out = run_predict(&["--out", out_dir.to_str().unwrap(), input.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let results = lines(&out);
     assert_eq!(results.len(), 2);
     for r in &results {
-        for key in ["score", "global_score", "pixel_score", "map_max", "map_mean"] {
-            let v = r[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {r}"));
+        for key in [
+            "score",
+            "global_score",
+            "pixel_score",
+            "map_max",
+            "map_mean",
+        ] {
+            let v = r[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{key} missing in {r}"));
             assert!((0.0..=1.0).contains(&v), "{key} = {v}");
         }
         assert_eq!(r["width"], 900);
@@ -109,7 +141,13 @@ fn bad_files_are_reported_and_the_rest_go_on() {
     assert_eq!(out.status.code(), Some(1), "some files failed: exit 1");
     let results = lines(&out);
     assert_eq!(results.len(), 6);
-    let by_name = |n: &str| results.iter().find(|r| r["path"].as_str().unwrap().ends_with(n)).unwrap().clone();
+    let by_name = |n: &str| {
+        results
+            .iter()
+            .find(|r| r["path"].as_str().unwrap().ends_with(n))
+            .unwrap()
+            .clone()
+    };
     assert!(by_name("a_good.png")["score"].is_number());
     assert!(by_name("f_good_again.jpg")["score"].is_number());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -131,27 +169,51 @@ fn bad_files_are_reported_and_the_rest_go_on() {
 #[test]
 fn every_supported_format_is_scored() {
     let gen = repo().join("crates/headclip/tests/fixtures/preprocess/gen");
-    let files: Vec<String> = ["grey16.png", "rgb16.png", "rgba16.png", "palette4.png", "grey_alpha.png", "cmyk.jpg", "progressive.jpg", "rgb_lzw.tif", "rgb.bmp", "palette.gif", "lossless.webp", "small.png"]
-        .iter()
-        .map(|f| gen.join(f).display().to_string())
-        .collect();
+    let files: Vec<String> = [
+        "grey16.png",
+        "rgb16.png",
+        "rgba16.png",
+        "palette4.png",
+        "grey_alpha.png",
+        "cmyk.jpg",
+        "progressive.jpg",
+        "rgb_lzw.tif",
+        "rgb.bmp",
+        "palette.gif",
+        "lossless.webp",
+        "small.png",
+    ]
+    .iter()
+    .map(|f| gen.join(f).display().to_string())
+    .collect();
     let mut args: Vec<&str> = files.iter().map(String::as_str).collect();
     args.insert(0, "--batch-size");
     args.insert(1, "4");
     let out = run_predict(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let results = lines(&out);
     assert_eq!(results.len(), files.len());
-    assert!(results.iter().all(|r| r["score"].is_number()), "{results:?}");
+    assert!(
+        results.iter().all(|r| r["score"].is_number()),
+        "{results:?}"
+    );
 }
 
 #[test]
 fn batching_does_not_change_scores() {
     let images = repo().join("examples/images");
-    let files: Vec<String> = ["bottle_broken_large_000.png", "bottle_contamination_000.png", "bottle_good_000.png"]
-        .iter()
-        .map(|f| images.join(f).display().to_string())
-        .collect();
+    let files: Vec<String> = [
+        "bottle_broken_large_000.png",
+        "bottle_contamination_000.png",
+        "bottle_good_000.png",
+    ]
+    .iter()
+    .map(|f| images.join(f).display().to_string())
+    .collect();
     let refs: Vec<&str> = files.iter().map(String::as_str).collect();
     let one = lines(&run_predict(&refs));
     let mut batched = vec!["--batch-size", "3"];
@@ -169,17 +231,31 @@ fn image_size_must_fit_the_patch() {
     let out = run_predict(&["--image-size", "100", image.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("not a multiple of the patch size 16"), "{stderr}");
+    assert!(
+        stderr.contains("not a multiple of the patch size 16"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn training_free_mode_and_torchscript_weights() {
     let image = repo().join("examples/images/bottle_good_000.png");
     let out = headclip(
-        &["predict", "--weights", tiny("clip_openai.pt").to_str().unwrap(), "--image-size", "64", image.to_str().unwrap()],
+        &[
+            "predict",
+            "--weights",
+            tiny("clip_openai.pt").to_str().unwrap(),
+            "--image-size",
+            "64",
+            image.to_str().unwrap(),
+        ],
         &[],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("TrainingFree"));
     assert!(lines(&out)[0]["score"].is_number());
 }
@@ -191,12 +267,24 @@ fn offline_without_weights_fails_fast_and_names_the_file() {
     let started = Instant::now();
     let out = headclip(
         &["predict", image.to_str().unwrap()],
-        &[("HEADCLIP_CACHE", cache.path().to_str().unwrap()), ("HEADCLIP_WEIGHTS_BASE_URL", "http://127.0.0.1:9")],
+        &[
+            ("HEADCLIP_CACHE", cache.path().to_str().unwrap()),
+            ("HEADCLIP_WEIGHTS_BASE_URL", "http://127.0.0.1:9"),
+        ],
     );
-    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for needle in ["ViT-L-14-336px.pt", "--weights", "HEADCLIP_WEIGHTS", "3035c92b"] {
+    for needle in [
+        "ViT-L-14-336px.pt",
+        "--weights",
+        "HEADCLIP_WEIGHTS",
+        "3035c92b",
+    ] {
         assert!(stderr.contains(needle), "stderr lacks {needle}: {stderr}");
     }
     assert!(out.stdout.is_empty());
@@ -206,18 +294,53 @@ fn offline_without_weights_fails_fast_and_names_the_file() {
 fn random_weights_are_announced_and_official_names_checked() {
     let dir = tempfile::tempdir().unwrap();
     let random = dir.path().join("random.safetensors");
-    let out = headclip(&["weights", "random", "tiny", "--out", random.to_str().unwrap()], &[]);
+    let out = headclip(
+        &[
+            "weights",
+            "random",
+            "tiny",
+            "--out",
+            random.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert!(out.status.success());
     let image = repo().join("examples/images/bottle_good_000.png");
-    let out = headclip(&["predict", "--weights", random.to_str().unwrap(), "--image-size", "64", image.to_str().unwrap()], &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = headclip(
+        &[
+            "predict",
+            "--weights",
+            random.to_str().unwrap(),
+            "--image-size",
+            "64",
+            image.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("RANDOM weights"));
 
     let fake = dir.path().join("ViT-B-16.pt");
     std::fs::copy(tiny("clip_openai.pt"), &fake).unwrap();
-    let out = headclip(&["predict", "--weights", fake.to_str().unwrap(), image.to_str().unwrap()], &[]);
+    let out = headclip(
+        &[
+            "predict",
+            "--weights",
+            fake.to_str().unwrap(),
+            image.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("5806e77c"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("5806e77c"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -230,6 +353,10 @@ fn same_stem_different_extension_keeps_both_outputs() {
     std::fs::copy(&bottle, input.join("Y92.jpg")).unwrap();
     let out_dir = dir.path().join("out");
     let out = run_predict(&["--out", out_dir.to_str().unwrap(), input.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out_dir.join("Y92_png.npy").exists() && out_dir.join("Y92_jpg.npy").exists());
 }

@@ -18,12 +18,20 @@ fn small_category(root: &Path) -> PathBuf {
         std::fs::create_dir_all(cat.join("test").join(defect)).unwrap();
         for i in 0..n {
             let name = format!("{i:03}.png");
-            std::fs::copy(bottle().join("test").join(defect).join(&name), cat.join("test").join(defect).join(&name)).unwrap();
+            std::fs::copy(
+                bottle().join("test").join(defect).join(&name),
+                cat.join("test").join(defect).join(&name),
+            )
+            .unwrap();
             if defect != "good" {
                 let gt = cat.join("ground_truth").join(defect);
                 std::fs::create_dir_all(&gt).unwrap();
                 let mask = format!("{i:03}_mask.png");
-                std::fs::copy(bottle().join("ground_truth").join(defect).join(&mask), gt.join(&mask)).unwrap();
+                std::fs::copy(
+                    bottle().join("ground_truth").join(defect).join(&mask),
+                    gt.join(&mask),
+                )
+                .unwrap();
             }
         }
     }
@@ -52,13 +60,21 @@ fn train(data: &str, out: &Path, extra: &[&str]) -> Output {
         "2".into(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    Command::new(env!("CARGO_BIN_EXE_headclip")).args(&args).env_remove("HEADCLIP_WEIGHTS").output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_headclip"))
+        .args(&args)
+        .env_remove("HEADCLIP_WEIGHTS")
+        .output()
+        .unwrap()
 }
 
 fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<u8>)> = st.tensors().into_iter().map(|(k, v)| (k, v.data().to_vec())).collect();
+    let mut out: Vec<(String, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.data().to_vec()))
+        .collect();
     out.sort();
     out
 }
@@ -71,24 +87,44 @@ fn resumed_training_is_bit_identical_and_params_are_usable() {
 
     let straight = dir.path().join("straight.safetensors");
     let out = train(&data, &straight, &["--epochs", "2"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Interrupted after epoch 1 (only complete epochs are ever saved), then resumed.
     let resumed = dir.path().join("resumed.safetensors");
     assert!(train(&data, &resumed, &["--epochs", "1"]).status.success());
     let out = train(&data, &resumed, &["--epochs", "2", "--resume"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("resuming"));
-    assert_eq!(tensors(&straight), tensors(&resumed), "resumed parameters differ from an uninterrupted run");
+    assert_eq!(
+        tensors(&straight),
+        tensors(&resumed),
+        "resumed parameters differ from an uninterrupted run"
+    );
 
     // The state file is separate from the deployable parameters.
     let names: Vec<String> = tensors(&straight).into_iter().map(|(k, _)| k).collect();
-    assert!(names.iter().all(|k| k.starts_with("prompt.") || k.starts_with("lhw.")), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .all(|k| k.starts_with("prompt.") || k.starts_with("lhw.")),
+        "{names:?}"
+    );
     assert!(dir.path().join("straight.state.safetensors").exists());
 
     // The loss log has a line per batch and a summary per epoch.
     let log = std::fs::read_to_string(dir.path().join("straight.losses.jsonl")).unwrap();
-    let summaries = log.lines().filter(|l| l.contains("\"summary\":true")).count();
+    let summaries = log
+        .lines()
+        .filter(|l| l.contains("\"summary\":true"))
+        .count();
     assert_eq!(summaries, 2);
 
     // The parameters drive predict.
@@ -101,7 +137,11 @@ fn resumed_training_is_bit_identical_and_params_are_usable() {
         .arg(&image)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("S = 64"));
 }
 
@@ -112,7 +152,11 @@ fn bad_training_data_is_refused_before_compute() {
     // Only normal images: refused unless asked.
     std::fs::remove_dir_all(cat.join("test/broken_large")).unwrap();
     std::fs::remove_dir_all(cat.join("ground_truth")).unwrap();
-    let out = train(&format!("mvtec:{}", cat.display()), &dir.path().join("p.safetensors"), &["--epochs", "1"]);
+    let out = train(
+        &format!("mvtec:{}", cat.display()),
+        &dir.path().join("p.safetensors"),
+        &["--epochs", "1"],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("both classes are needed"));
     let out = train(
@@ -120,7 +164,11 @@ fn bad_training_data_is_refused_before_compute() {
         &dir.path().join("p.safetensors"),
         &["--epochs", "1", "--allow-single-class"],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Anomalous images without masks: refused, or global term only when allowed.
     let cat = small_category(&dir.path().join("second"));
@@ -128,8 +176,20 @@ fn bad_training_data_is_refused_before_compute() {
     let data = format!("mvtec:{}", cat.display());
     let out = train(&data, &dir.path().join("q.safetensors"), &["--epochs", "1"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("mask"), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = train(&data, &dir.path().join("q.safetensors"), &["--epochs", "1", "--allow-missing-masks"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("mask"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = train(
+        &data,
+        &dir.path().join("q.safetensors"),
+        &["--epochs", "1", "--allow-missing-masks"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("global term only"));
 }

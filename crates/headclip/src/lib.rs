@@ -39,7 +39,8 @@ pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
     }
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;

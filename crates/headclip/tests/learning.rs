@@ -35,12 +35,21 @@ impl Rng {
 /// rectangle) of another colour. Returns the sample and its mask.
 fn generate(index: u64, anomalous: bool) -> TrainSample {
     let mut rng = Rng(index * 7919 + 13);
-    let base = [0.35 + 0.3 * rng.uniform(), 0.3 + 0.25 * rng.uniform(), 0.25 + 0.2 * rng.uniform()];
+    let base = [
+        0.35 + 0.3 * rng.uniform(),
+        0.3 + 0.25 * rng.uniform(),
+        0.25 + 0.2 * rng.uniform(),
+    ];
     let freq = 0.15 + 0.25 * rng.uniform();
     let angle = rng.uniform() * std::f32::consts::PI;
     let mut pixels = vec![0u8; SIDE * SIDE * 3];
     let mut mask = vec![0u8; SIDE * SIDE];
-    let (cx, cy, r, rect) = (rng.range(16, SIDE - 16), rng.range(16, SIDE - 16), rng.range(10, 18), rng.uniform() < 0.5);
+    let (cx, cy, r, rect) = (
+        rng.range(16, SIDE - 16),
+        rng.range(16, SIDE - 16),
+        rng.range(10, 18),
+        rng.uniform() < 0.5,
+    );
     let defect = [0.9 * rng.uniform(), 0.2 + 0.8 * rng.uniform(), 0.9];
     for y in 0..SIDE {
         for x in 0..SIDE {
@@ -48,22 +57,35 @@ fn generate(index: u64, anomalous: bool) -> TrainSample {
             let stripe = 0.12 * t.sin();
             let inside = anomalous && {
                 let (dx, dy) = (x as i64 - cx as i64, y as i64 - cy as i64);
-                if rect { dx.abs() <= r as i64 && dy.abs() <= (r / 2) as i64 + 2 } else { dx * dx + dy * dy <= (r * r) as i64 }
+                if rect {
+                    dx.abs() <= r as i64 && dy.abs() <= (r / 2) as i64 + 2
+                } else {
+                    dx * dx + dy * dy <= (r * r) as i64
+                }
             };
             for c in 0..3 {
                 let noise = 0.08 * (rng.uniform() - 0.5);
-                let v = if inside { defect[c] + noise } else { base[c] + stripe + noise };
+                let v = if inside {
+                    defect[c] + noise
+                } else {
+                    base[c] + stripe + noise
+                };
                 pixels[(y * SIDE + x) * 3 + c] = (v.clamp(0.0, 1.0) * 255.0) as u8;
             }
             mask[y * SIDE + x] = u8::from(inside);
         }
     }
     let image = normalize_clip(&RgbImage::new(SIDE as u32, SIDE as u32, pixels).unwrap());
-    TrainSample { image, mask, anomalous }
+    TrainSample {
+        image,
+        mask,
+        anomalous,
+    }
 }
 
 fn clip() -> Clip {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/clip_openai.safetensors");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/clip_openai.safetensors");
     Clip::from_state_dict(&load_state_dict(&path).unwrap(), Device::Cpu).unwrap()
 }
 
@@ -92,7 +114,8 @@ fn evaluate(params: &HeadClipParams, held_out: &[TrainSample]) -> (f64, f64) {
     let (mut scores, mut labels) = (Vec::new(), Vec::new());
     for chunk in held_out.chunks(8) {
         let flat: Vec<f32> = chunk.iter().flat_map(|s| s.image.iter().copied()).collect();
-        let images = Tensor::from_slice(&flat).view([chunk.len() as i64, 3, SIDE as i64, SIDE as i64]);
+        let images =
+            Tensor::from_slice(&flat).view([chunk.len() as i64, 3, SIDE as i64, SIDE as i64]);
         for (s, out) in chunk.iter().zip(model.score(&images)) {
             pixels.add(&out.map, &s.mask).unwrap();
             scores.push(out.score);
@@ -110,16 +133,27 @@ fn training_lifts_pixel_and_image_auroc_above_0_9() {
     let train: Vec<TrainSample> = (0..96).map(|i| generate(i, i % 2 == 0)).collect();
     let held_out: Vec<TrainSample> = (1000..1032).map(|i| generate(i, i % 2 == 1)).collect();
     let clip = clip();
-    let options = TrainOptions { epochs: 60, batch_size: 8, lr: 2e-2, ..Default::default() };
+    let options = TrainOptions {
+        epochs: 60,
+        batch_size: 8,
+        lr: 2e-2,
+        ..Default::default()
+    };
     let mut trainer = Trainer::new(&clip, config(), options.clone(), 8).unwrap();
     let (pixel_before, image_before) = evaluate(&trainer.params, &held_out);
     let load = |i: usize| -> Result<TrainSample, String> {
         let s = &train[i];
-        Ok(TrainSample { image: s.image.clone(), mask: s.mask.clone(), anomalous: s.anomalous })
+        Ok(TrainSample {
+            image: s.image.clone(),
+            mask: s.mask.clone(),
+            anomalous: s.anomalous,
+        })
     };
     let mut first = None;
     for _ in 0..options.epochs {
-        let record = trainer.run_epoch(train.len(), &load, &mut |_, _| {}, &mut |_, _| {}).unwrap();
+        let record = trainer
+            .run_epoch(train.len(), &load, &mut |_, _| {}, &mut |_, _| {})
+            .unwrap();
         first.get_or_insert(record.loss.total);
     }
     let last = trainer.history.last().unwrap().loss.total;
@@ -131,7 +165,13 @@ fn training_lifts_pixel_and_image_auroc_above_0_9() {
         options.epochs * train.len() / options.batch_size
     );
     assert!(last < first.unwrap(), "loss did not fall");
-    assert!(pixel_after >= 0.9, "pixel AUROC {pixel_after:.3} < 0.9 (started at {pixel_before:.3})");
-    assert!(image_after >= 0.9, "image AUROC {image_after:.3} < 0.9 (started at {image_before:.3})");
+    assert!(
+        pixel_after >= 0.9,
+        "pixel AUROC {pixel_after:.3} < 0.9 (started at {pixel_before:.3})"
+    );
+    assert!(
+        image_after >= 0.9,
+        "image AUROC {image_after:.3} < 0.9 (started at {image_before:.3})"
+    );
     assert!(pixel_after > pixel_before && image_after > image_before);
 }

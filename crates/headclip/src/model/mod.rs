@@ -143,7 +143,11 @@ impl HeadClip {
         // Scores and maps in fp32 whatever precision the towers ran in.
         let text = text_features.to_kind(Kind::Float);
         let global = out.global.to_kind(Kind::Float);
-        let features: Vec<Tensor> = out.patch_features.iter().map(|f| f.to_kind(Kind::Float)).collect();
+        let features: Vec<Tensor> = out
+            .patch_features
+            .iter()
+            .map(|f| f.to_kind(Kind::Float))
+            .collect();
         let global_score = scoring::two_class_probabilities(&global, &text).select(1, 1);
         let layer_maps = scoring::layer_maps(&features, &text, images.size()[3]);
         BatchOutput {
@@ -167,7 +171,13 @@ impl HeadClip {
         let (b, side) = (maps.size()[0], maps.size()[1]);
         let pixel = scoring::top_fraction_mean(&maps, self.config.jas_top_fraction);
         let to_vec = |t: &Tensor| -> Vec<f32> {
-            Vec::try_from(&t.to_kind(Kind::Float).to_device(Device::Cpu).contiguous().view([-1])).unwrap_or_default()
+            Vec::try_from(
+                &t.to_kind(Kind::Float)
+                    .to_device(Device::Cpu)
+                    .contiguous()
+                    .view([-1]),
+            )
+            .unwrap_or_default()
         };
         let (global, pixel, flat) = (to_vec(&out.global_score), to_vec(&pixel), to_vec(&maps));
         let plane = (side * side) as usize;

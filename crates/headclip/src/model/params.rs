@@ -226,22 +226,34 @@ impl HeadClipParams {
 }
 
 /// Safetensors bytes of tensors as f32 (moved to the CPU, detached), with metadata.
-pub(crate) fn serialize_f32(named: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<Vec<u8>, String> {
+pub(crate) fn serialize_f32(
+    named: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>, String> {
     let data: Vec<(String, Vec<u8>, Vec<usize>)> = named
         .iter()
         .map(|(k, t)| {
-            let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+            let t = t
+                .detach()
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .contiguous();
             let n = t.numel();
             let mut v = vec![0f32; n];
             t.copy_data(&mut v, n);
             let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            (k.clone(), bytes, t.size().iter().map(|&d| d as usize).collect())
+            (
+                k.clone(),
+                bytes,
+                t.size().iter().map(|&d| d as usize).collect(),
+            )
         })
         .collect();
     let views = data
         .iter()
         .map(|(k, b, s)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).map(|v| (k.clone(), v))
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (k.clone(), v))
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;

@@ -57,10 +57,15 @@ pub fn gaussian_smooth(maps: &Tensor, sigma: f64) -> Tensor {
     let (b, side) = (maps.size()[0], maps.size()[1]);
     let device = maps.device();
     // Border handling by gathering reflected indices, then a 1-D convolution along the axis.
-    let index: Vec<i64> = (-radius..side + radius).map(|i| reflect(i, side) as i64).collect();
+    let index: Vec<i64> = (-radius..side + radius)
+        .map(|i| reflect(i, side) as i64)
+        .collect();
     let index = Tensor::from_slice(&index).to_device(device);
     let weights: Vec<f32> = kernel.iter().map(|&w| w as f32).collect();
-    let weights = Tensor::from_slice(&weights).view([1, 1, -1]).to_device(device).to_kind(maps.kind());
+    let weights = Tensor::from_slice(&weights)
+        .view([1, 1, -1])
+        .to_device(device)
+        .to_kind(maps.kind());
     let along_last = |x: &Tensor| -> Tensor {
         let padded = x.index_select(2, &index); // [B, S, S + 2r]
         padded

@@ -36,7 +36,15 @@ pub struct TrainOptions {
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        Self { epochs: 15, batch_size: 8, lr: 1e-3, beta1: 0.5, beta2: 0.999, seed: 111, loss: LossSelection::default() }
+        Self {
+            epochs: 15,
+            batch_size: 8,
+            lr: 1e-3,
+            beta1: 0.5,
+            beta2: 0.999,
+            seed: 111,
+            loss: LossSelection::default(),
+        }
     }
 }
 
@@ -90,11 +98,28 @@ const STATE_KEY: &str = "headclip.training_state";
 
 impl<'a> Trainer<'a> {
     /// A fresh run from the untrained starting point (seeded).
-    pub fn new(clip: &'a Clip, file_config: HeadClipConfig, options: TrainOptions, deep_prompts: usize) -> Result<Self, TrainError> {
-        let config = file_config.resolve(&clip.config).map_err(crate::model::ParamsError::from)?;
+    pub fn new(
+        clip: &'a Clip,
+        file_config: HeadClipConfig,
+        options: TrainOptions,
+        deep_prompts: usize,
+    ) -> Result<Self, TrainError> {
+        let config = file_config
+            .resolve(&clip.config)
+            .map_err(crate::model::ParamsError::from)?;
         tch::manual_seed(options.seed as i64);
-        let params = HeadClipParams::init(&clip.config, &config, deep_prompts).to_device(clip.text.device());
-        Ok(Self::assemble(clip, config, file_config, params, options, None, 0, Vec::new()))
+        let params =
+            HeadClipParams::init(&clip.config, &config, deep_prompts).to_device(clip.text.device());
+        Ok(Self::assemble(
+            clip,
+            config,
+            file_config,
+            params,
+            options,
+            None,
+            0,
+            Vec::new(),
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -152,8 +177,18 @@ impl<'a> Trainer<'a> {
     /// One batch: loss, gradients, Adam update.
     pub fn train_batch(&mut self, samples: &[TrainSample]) -> Result<LossTerms, TrainError> {
         let batch = self.make_batch(samples);
-        let terms = loss_and_gradients(self.clip, &self.tokenizer, &self.config, &self.params, &batch, self.options.loss)?;
-        let tensors: Vec<&Tensor> = trainable(&self.params).into_iter().map(|(_, t)| t).collect();
+        let terms = loss_and_gradients(
+            self.clip,
+            &self.tokenizer,
+            &self.config,
+            &self.params,
+            &batch,
+            self.options.loss,
+        )?;
+        let tensors: Vec<&Tensor> = trainable(&self.params)
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
         self.adam.step(&tensors);
         Ok(terms)
     }
@@ -162,11 +197,19 @@ impl<'a> Trainer<'a> {
         let device = self.clip.text.device();
         let s = self.config.image_size;
         let b = samples.len() as i64;
-        let images: Vec<f32> = samples.iter().flat_map(|x| x.image.iter().copied()).collect();
-        let masks: Vec<f32> = samples.iter().flat_map(|x| x.mask.iter().map(|&m| f32::from(m.min(1)))).collect();
+        let images: Vec<f32> = samples
+            .iter()
+            .flat_map(|x| x.image.iter().copied())
+            .collect();
+        let masks: Vec<f32> = samples
+            .iter()
+            .flat_map(|x| x.mask.iter().map(|&m| f32::from(m.min(1))))
+            .collect();
         let labels: Vec<i64> = samples.iter().map(|x| i64::from(x.anomalous)).collect();
         Batch {
-            images: Tensor::from_slice(&images).view([b, 3, s, s]).to_device(device),
+            images: Tensor::from_slice(&images)
+                .view([b, 3, s, s])
+                .to_device(device),
             labels: Tensor::from_slice(&labels).to_device(device),
             masks: Tensor::from_slice(&masks).view([b, s, s]).to_device(device),
         }
@@ -209,12 +252,19 @@ impl<'a> Trainer<'a> {
             sums.dice += terms.dice;
         }
         if seen == 0 {
-            return Err(TrainError::Data("no training sample could be loaded in this epoch".into()));
+            return Err(TrainError::Data(
+                "no training sample could be loaded in this epoch".into(),
+            ));
         }
         let k = batches as f64;
         let record = EpochRecord {
             epoch: epoch + 1,
-            loss: LossTerms { total: sums.total / k, ce: sums.ce / k, focal: sums.focal / k, dice: sums.dice / k },
+            loss: LossTerms {
+                total: sums.total / k,
+                ce: sums.ce / k,
+                focal: sums.focal / k,
+                dice: sums.dice / k,
+            },
             samples: seen,
             skipped,
         };
@@ -227,7 +277,10 @@ impl<'a> Trainer<'a> {
     /// The state goes first: a crash between the two leaves a state that is ahead of the
     /// parameters file, which a resume then rewrites, never the other way round.
     pub fn save(&self, params_path: &Path, state_path: &Path) -> Result<(), TrainError> {
-        let state_err = |message: String| TrainError::State { path: state_path.into(), message };
+        let state_err = |message: String| TrainError::State {
+            path: state_path.into(),
+            message,
+        };
         let meta = StateMeta {
             epochs_done: self.epochs_done,
             adam_step: self.adam.step,
@@ -243,7 +296,8 @@ impl<'a> Trainer<'a> {
             named.push((format!("adam.v.{name}"), self.adam.v[i].shallow_clone()));
         }
         let json = serde_json::to_string(&meta).map_err(|e| state_err(e.to_string()))?;
-        let bytes = serialize_f32(&named, HashMap::from([(STATE_KEY.to_string(), json)])).map_err(state_err)?;
+        let bytes = serialize_f32(&named, HashMap::from([(STATE_KEY.to_string(), json)]))
+            .map_err(state_err)?;
         crate::write_atomically(state_path, &bytes).map_err(|e| state_err(e.to_string()))?;
 
         let mut extra = self.provenance.clone();
@@ -252,43 +306,74 @@ impl<'a> Trainer<'a> {
             "headclip.losses".into(),
             serde_json::to_string(&self.history).map_err(|e| state_err(e.to_string()))?,
         );
-        extra.insert("headclip.train_options".into(), serde_json::to_string(&self.options).unwrap_or_default());
+        extra.insert(
+            "headclip.train_options".into(),
+            serde_json::to_string(&self.options).unwrap_or_default(),
+        );
         self.params.save(params_path, &self.file_config, &extra)?;
         Ok(())
     }
 
     /// Continues a run from its training-state file.
     pub fn resume(clip: &'a Clip, state_path: &Path) -> Result<Self, TrainError> {
-        let state_err = |message: String| TrainError::State { path: state_path.into(), message };
+        let state_err = |message: String| TrainError::State {
+            path: state_path.into(),
+            message,
+        };
         let bytes = std::fs::read(state_path).map_err(|e| state_err(e.to_string()))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| state_err(e.to_string()))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| state_err(e.to_string()))?;
         let json = header
             .metadata()
             .as_ref()
             .and_then(|m| m.get(STATE_KEY))
-            .ok_or_else(|| state_err(format!("no `{STATE_KEY}` metadata: not a training-state file")))?;
+            .ok_or_else(|| {
+                state_err(format!(
+                    "no `{STATE_KEY}` metadata: not a training-state file"
+                ))
+            })?;
         let meta: StateMeta = serde_json::from_str(json).map_err(|e| state_err(e.to_string()))?;
-        let config = meta.config.resolve(&clip.config).map_err(crate::model::ParamsError::from)?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| state_err(e.to_string()))?;
+        let config = meta
+            .config
+            .resolve(&clip.config)
+            .map_err(crate::model::ParamsError::from)?;
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| state_err(e.to_string()))?;
         let device = clip.text.device();
         let get = |name: &str| -> Result<Tensor, TrainError> {
-            let view = st.tensor(name).map_err(|_| state_err(format!("missing tensor `{name}`")))?;
+            let view = st
+                .tensor(name)
+                .map_err(|_| state_err(format!("missing tensor `{name}`")))?;
             let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
             Ok(Tensor::f_from_data_size(view.data(), &shape, Kind::Float)
                 .map_err(|e| state_err(e.to_string()))?
                 .to_device(device))
         };
-        let deep_count = st.names().iter().filter(|n| n.starts_with("param.prompt.deep.")).count();
+        let deep_count = st
+            .names()
+            .iter()
+            .filter(|n| n.starts_with("param.prompt.deep."))
+            .count();
         let params = HeadClipParams {
             ctx_pos: get("param.prompt.ctx_pos")?,
             ctx_neg: get("param.prompt.ctx_neg")?,
-            deep: (0..deep_count).map(|i| get(&format!("param.prompt.deep.{i}"))).collect::<Result<_, _>>()?,
+            deep: (0..deep_count)
+                .map(|i| get(&format!("param.prompt.deep.{i}")))
+                .collect::<Result<_, _>>()?,
             theta: get("param.lhw.theta")?,
-            u: if config.lhw_dynamic { Some(get("param.lhw.u")?) } else { None },
+            u: if config.lhw_dynamic {
+                Some(get("param.lhw.u")?)
+            } else {
+                None
+            },
         };
         let expected_rows = config.lhw_rows(clip.vision.config.layers) as i64;
-        if params.theta.size()[0] != expected_rows || params.ctx_pos.size()[1] != clip.text.config.width {
-            return Err(state_err("its tensors do not fit this CLIP backbone".into()));
+        if params.theta.size()[0] != expected_rows
+            || params.ctx_pos.size()[1] != clip.text.config.width
+        {
+            return Err(state_err(
+                "its tensors do not fit this CLIP backbone".into(),
+            ));
         }
         let names: Vec<String> = trainable(&params).into_iter().map(|(n, _)| n).collect();
         let mut adam = Adam::new(&[], meta.options.lr, meta.options.beta1, meta.options.beta2);
@@ -297,8 +382,16 @@ impl<'a> Trainer<'a> {
             adam.m.push(get(&format!("adam.m.{name}"))?);
             adam.v.push(get(&format!("adam.v.{name}"))?);
         }
-        let mut trainer =
-            Self::assemble(clip, config, meta.config, params, meta.options, Some(adam), meta.epochs_done, meta.history);
+        let mut trainer = Self::assemble(
+            clip,
+            config,
+            meta.config,
+            params,
+            meta.options,
+            Some(adam),
+            meta.epochs_done,
+            meta.history,
+        );
         trainer.provenance = meta.provenance;
         Ok(trainer)
     }
