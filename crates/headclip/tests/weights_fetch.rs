@@ -372,6 +372,11 @@ fn fetch_by_name_uses_the_openai_layout_under_the_base_url() {
     );
     assert!(listing(cache.path()).is_empty());
     // ...but it was asked for at <base>/<sha256>/<file name>.
+    // The server records a request's path after answering it: wait for that.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.paths.lock().unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let paths = server.paths.lock().unwrap().clone();
     assert_eq!(
         paths,
