@@ -36,7 +36,7 @@ pub fn run(args: BenchArgs) -> Result<i32> {
     // CUDA" for the rest of the process.
     crate::engine::parse_device(&args.model.device)?;
     tch::manual_seed(0);
-    let mut step: Box<dyn FnMut()> = match args.mode.as_str() {
+    match args.mode.as_str() {
         "infer" => {
             let model = load_model(&args.model)?;
             let s = model.image_size();
@@ -45,27 +45,23 @@ pub fn run(args: BenchArgs) -> Result<i32> {
                 (Kind::Float, tch::Device::Cpu),
             );
             let device = model.device();
-            Box::new(move || {
+            time_steps(&args, || {
                 let scores = model.score(&images.to_device(device));
-                assert_eq!(scores.len(), images.size()[0] as usize);
+                debug_assert_eq!(scores.len(), args.batch);
+                Ok(())
             })
         }
         "train" => {
             let (clip, _) = load_clip(&args.model)?;
-            let clip: &'static headclip::clip::Clip = Box::leak(Box::new(clip));
             let config = HeadClipConfig {
                 image_size: args.model.image_size,
                 ..Default::default()
             };
-            let mut trainer = Trainer::new(
-                clip,
-                config,
-                TrainOptions {
-                    batch_size: args.batch,
-                    ..Default::default()
-                },
-                8,
-            )?;
+            let options = TrainOptions {
+                batch_size: args.batch,
+                ..Default::default()
+            };
+            let mut trainer = Trainer::new(&clip, config, options, 8)?;
             let side = trainer.config.image_size as usize;
             let samples: Vec<TrainSample> = (0..args.batch)
                 .map(|i| {
@@ -82,19 +78,26 @@ pub fn run(args: BenchArgs) -> Result<i32> {
                     }
                 })
                 .collect();
-            Box::new(move || {
-                trainer.train_batch(&samples).expect("training step");
+            time_steps(&args, || {
+                trainer
+                    .train_batch(&samples)
+                    .map(|_| ())
+                    .map_err(Into::into)
             })
         }
         other => bail!("unknown --mode {other:?}: infer or train"),
-    };
+    }
+}
+
+/// Runs `step` for the warm-up and the timed repetitions and prints the JSON line.
+fn time_steps(args: &BenchArgs, mut step: impl FnMut() -> Result<()>) -> Result<i32> {
     for _ in 0..args.warmup {
-        step();
+        step()?;
     }
     let mut times = Vec::with_capacity(args.iters);
     for _ in 0..args.iters {
         let t = Instant::now();
-        step();
+        step()?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
@@ -104,6 +107,7 @@ pub fn run(args: BenchArgs) -> Result<i32> {
         "mode": args.mode,
         "batch": args.batch,
         "device": args.model.device,
+        "precision": args.model.precision,
         "threads": tch::get_num_threads(),
         "ms_per_batch_median": median,
         "ms_per_batch_min": times[0],
