@@ -9,6 +9,7 @@ use headclip::model::HeadClipConfig;
 use headclip::train::{TrainOptions, TrainSample, Trainer};
 use tch::{Kind, Tensor};
 
+use crate::cmd_train::LhwPathsArg;
 use crate::engine::{load_clip, load_model, ModelArgs};
 
 #[derive(Args, Debug)]
@@ -26,6 +27,10 @@ pub struct BenchArgs {
     /// Untimed repetitions first.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// With `--mode train`: which attention paths the trained head weights scale (`both` runs
+    /// autograd through the whole trunk).
+    #[arg(long, value_enum, default_value = "vv")]
+    pub lhw_paths: LhwPathsArg,
 }
 
 pub fn run(args: BenchArgs) -> Result<i32> {
@@ -55,6 +60,7 @@ pub fn run(args: BenchArgs) -> Result<i32> {
             let (clip, _) = load_clip(&args.model)?;
             let config = HeadClipConfig {
                 image_size: args.model.image_size,
+                lhw_paths: args.lhw_paths.into(),
                 ..Default::default()
             };
             let options = TrainOptions {
@@ -108,6 +114,7 @@ fn time_steps(args: &BenchArgs, mut step: impl FnMut() -> Result<()>) -> Result<
         "batch": args.batch,
         "device": args.model.device,
         "precision": args.model.precision,
+        "lhw_paths": format!("{:?}", args.lhw_paths).to_lowercase(),
         "threads": tch::get_num_threads(),
         "ms_per_batch_median": median,
         "ms_per_batch_min": times[0],

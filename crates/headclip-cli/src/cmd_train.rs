@@ -2,13 +2,16 @@
 //! zero-shot protocol trains on one data set's test split and evaluates on others).
 //!
 //! After every epoch the parameters file and a training-state file beside it are written
-//! atomically; `--resume` continues from the state file. Killing the process (Ctrl-C, SIGTERM)
-//! at any moment leaves the last complete checkpoint intact.
+//! atomically, and the state alone every `--checkpoint-interval` seconds between batches;
+//! `--resume` continues from the state file, mid-epoch if that is where it stopped. Ctrl-C or
+//! SIGTERM stops after the batch under way and saves the state (exit status 130); a second one,
+//! or SIGKILL, stops at once, and the last checkpoint written is still intact.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -39,6 +42,9 @@ pub struct TrainArgs {
     /// Continue from the training state instead of starting afresh.
     #[arg(long)]
     pub resume: bool,
+    /// Seconds between training-state checkpoints inside an epoch (0: only at epoch ends).
+    #[arg(long, default_value_t = 300)]
+    pub checkpoint_interval: u64,
     #[arg(long, default_value_t = 15)]
     pub epochs: usize,
     #[arg(long, default_value_t = 8)]
@@ -89,6 +95,15 @@ pub enum LhwFormArg {
 pub enum LhwPathsArg {
     Vv,
     Both,
+}
+
+impl From<LhwPathsArg> for LhwPaths {
+    fn from(paths: LhwPathsArg) -> Self {
+        match paths {
+            LhwPathsArg::Vv => LhwPaths::Vv,
+            LhwPathsArg::Both => LhwPaths::Both,
+        }
+    }
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -157,10 +172,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             LhwFormArg::Sigmoid => LhwForm::Sigmoid,
             LhwFormArg::Identity => LhwForm::Identity,
         },
-        lhw_paths: match args.lhw_paths {
-            LhwPathsArg::Vv => LhwPaths::Vv,
-            LhwPathsArg::Both => LhwPaths::Both,
-        },
+        lhw_paths: args.lhw_paths.into(),
         lhw_dynamic: args.lhw_dynamic,
         jas_lambda: args.jas_lambda,
         image_size: args.model.image_size,
@@ -257,6 +269,8 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         trainer.epochs_done + 1,
         trainer.options.batch_size
     );
+    install_stop_handler();
+    let checkpoint_every = Duration::from_secs(args.checkpoint_interval);
     while trainer.epochs_done < total_epochs {
         let epoch = trainer.epochs_done + 1;
         let bar = ProgressBar::new(samples.len() as u64);
@@ -265,33 +279,58 @@ pub fn run(args: TrainArgs) -> Result<i32> {
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_prefix(format!("{epoch}/{total_epochs}"));
+        if trainer.progress.batches_done > 0 {
+            tracing::info!(
+                "epoch {epoch}: continuing after batch {}",
+                trainer.progress.batches_done
+            );
+            bar.set_position((trainer.progress.samples + trainer.progress.skipped) as u64);
+            bar.reset_eta();
+        }
         let started = Instant::now();
-        let mut batch_index = 0usize;
-        let record = trainer.run_epoch(
-            samples.len(),
-            &load,
-            &mut |n, terms| {
-                batch_index += 1;
-                bar.inc(n as u64);
-                bar.set_message(format!(
-                    "loss {:.4} (ce {:.3} focal {:.3} dice {:.3})",
-                    terms.total, terms.ce, terms.focal, terms.dice
-                ));
-                let line = serde_json::json!({"epoch": epoch, "batch": batch_index, "images": n, "loss": terms});
-                let _ = writeln!(log, "{line}");
-            },
-            &mut |i, message| {
-                let path = samples[i].image.display().to_string();
-                bar.suspend(|| tracing::warn!("skipping {path}: {message}"));
-                skipped.push(format!("{path}: {message}"));
-            },
-        )?;
+        let images_before = trainer.progress.samples;
+        let mut last_checkpoint = Instant::now();
+        let mut on_skip = |i: usize, message: &str| {
+            let path = samples[i].image.display().to_string();
+            bar.suspend(|| tracing::warn!("skipping {path}: {message}"));
+            skipped.push(format!("{path}: {message}"));
+        };
+        while let Some((n, terms)) = trainer.next_batch(samples.len(), &load, &mut on_skip)? {
+            bar.inc(n as u64);
+            bar.set_message(format!(
+                "loss {:.4} (ce {:.3} focal {:.3} dice {:.3})",
+                terms.total, terms.ce, terms.focal, terms.dice
+            ));
+            let batch = trainer.progress.batches_done;
+            let line =
+                serde_json::json!({"epoch": epoch, "batch": batch, "images": n, "loss": terms});
+            writeln!(log, "{line}")?;
+            let stopping = STOP.load(Ordering::SeqCst);
+            let due = !checkpoint_every.is_zero() && last_checkpoint.elapsed() >= checkpoint_every;
+            if stopping || due {
+                trainer.save_state(&state_path)?;
+                last_checkpoint = Instant::now();
+            }
+            if stopping {
+                bar.abandon();
+                eprintln!(
+                    "stopped after batch {batch} of epoch {epoch}; the training state is saved in {} \
+                     (continue with --resume); {} holds the last complete epoch",
+                    state_path.display(),
+                    args.out.display()
+                );
+                return Ok(130);
+            }
+        }
         bar.finish_and_clear();
+        let record = trainer.finish_epoch()?;
         trainer.save(&args.out, &state_path)?;
         let seconds = started.elapsed().as_secs_f64();
+        let trained_now = record.samples - images_before;
         let line = serde_json::json!({
             "epoch": epoch, "summary": true, "loss": record.loss, "images": record.samples,
-            "skipped": record.skipped, "seconds": seconds, "seconds_per_image": seconds / record.samples as f64,
+            "skipped": record.skipped, "seconds": seconds,
+            "seconds_per_image": seconds / trained_now.max(1) as f64,
         });
         writeln!(log, "{line}")?;
         tracing::info!(
@@ -300,7 +339,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             record.loss.ce,
             record.loss.focal,
             record.loss.dice,
-            seconds / record.samples as f64,
+            seconds / trained_now.max(1) as f64,
             args.out.display()
         );
     }
@@ -313,6 +352,28 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Set by the first SIGINT or SIGTERM: stop after the batch under way.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    if STOP.swap(true, Ordering::SeqCst) {
+        // The second signal: stop now. The last checkpoint on disk is complete (atomic writes).
+        unsafe { libc::_exit(130) };
+    }
+    let message =
+        b"\nstopping after this batch to save the training state (signal again to stop now)\n";
+    // write(2) is async-signal-safe; eprintln! is not.
+    unsafe { libc::write(2, message.as_ptr().cast(), message.len()) };
+}
+
+fn install_stop_handler() {
+    let handler = on_stop_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
 }
 
 /// Refuses a batch that would not fit in memory, before the first epoch. The estimate counts

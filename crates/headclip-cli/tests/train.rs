@@ -38,7 +38,7 @@ fn small_category(root: &Path) -> PathBuf {
     cat
 }
 
-fn train(data: &str, out: &Path, extra: &[&str]) -> Output {
+fn train_command(data: &str, out: &Path, extra: &[&str]) -> Command {
     let weights = repo().join("crates/headclip/tests/fixtures/tiny/clip_openai.safetensors");
     let mut args = vec![
         "train".to_string(),
@@ -60,11 +60,13 @@ fn train(data: &str, out: &Path, extra: &[&str]) -> Output {
         "2".into(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    Command::new(env!("CARGO_BIN_EXE_headclip"))
-        .args(&args)
-        .env_remove("HEADCLIP_WEIGHTS")
-        .output()
-        .unwrap()
+    let mut command = Command::new(env!("CARGO_BIN_EXE_headclip"));
+    command.args(&args).env_remove("HEADCLIP_WEIGHTS");
+    command
+}
+
+fn train(data: &str, out: &Path, extra: &[&str]) -> Output {
+    train_command(data, out, extra).output().unwrap()
 }
 
 fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
@@ -143,6 +145,70 @@ fn resumed_training_is_bit_identical_and_params_are_usable() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("S = 64"));
+}
+
+/// SIGTERM in the middle of an epoch: the run stops after the batch under way, saves its state
+/// with how far the epoch got, exits 130, and `--resume` continues from that batch to the same
+/// parameters as a run that was never stopped.
+#[test]
+fn sigterm_mid_epoch_saves_state_and_resume_is_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = small_category(dir.path());
+    let data = format!("mvtec:{}", cat.display());
+    // Batches of 4 over 6 images: two per epoch, so half the batch ends are mid-epoch.
+    let args = ["--epochs", "6"];
+
+    let straight = dir.path().join("straight.safetensors");
+    let out = train(&data, &straight, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let stopped = dir.path().join("stopped.safetensors");
+    let log = dir.path().join("stopped.losses.jsonl");
+    let child = train_command(&data, &stopped, &args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first batch line of epoch 2, so a complete epoch exists, then signal.
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains(r#""batch":1,"epoch":2,"#)
+    {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "training never reached epoch 2"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("stopped after batch"), "{stderr}");
+    let epochs_in_params = |path: &Path| {
+        let bytes = std::fs::read(path).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        header.metadata().as_ref().unwrap()["headclip.epochs"].clone()
+    };
+    let saved_epochs: usize = epochs_in_params(&stopped).parse().unwrap();
+    assert!(
+        (1..6).contains(&saved_epochs),
+        "the parameters file should hold the last complete epoch, not {saved_epochs}"
+    );
+
+    let out = train(&data, &stopped, &[&args[..], &["--resume"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        tensors(&straight),
+        tensors(&stopped),
+        "parameters after a stop and resume differ from an uninterrupted run:\n{stderr}"
+    );
+    assert_eq!(epochs_in_params(&stopped), "6");
 }
 
 #[test]

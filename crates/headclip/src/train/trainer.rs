@@ -1,8 +1,10 @@
 //! The training loop: deterministic epochs over a data set, Adam, and checkpoints that survive
 //! faults. After every epoch the deployable parameters file and a separate training-state file
-//! (parameters, optimizer moments, epoch, seed, losses) are each written atomically; a resumed
-//! run reads only the state file, so on the CPU with the same seed and thread count it reaches
-//! the same parameters bit for bit as a run that was never interrupted.
+//! (parameters, optimizer moments, epoch, seed, losses) are each written atomically. The state
+//! can also be written between batches ([`Trainer::save_state`]): it then records how far the
+//! epoch got, and a resumed run continues with the next batch. A resumed run reads only the
+//! state file, so on the CPU with the same seed and thread count it reaches the same parameters
+//! bit for bit as a run that was never interrupted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -57,6 +59,18 @@ pub struct EpochRecord {
     pub skipped: usize,
 }
 
+/// How far the current epoch has got: the batches done and the running sums of their losses.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EpochProgress {
+    /// Batches of the epoch's order passed, including any whose every sample was unreadable.
+    pub batches_done: usize,
+    /// Batches trained on (the divisor of the epoch's mean losses).
+    pub batches_trained: usize,
+    pub loss_sums: LossTerms,
+    pub samples: usize,
+    pub skipped: usize,
+}
+
 /// What goes into the training-state file's metadata.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StateMeta {
@@ -67,6 +81,9 @@ pub struct StateMeta {
     pub history: Vec<EpochRecord>,
     /// Free-form provenance (data sets, CLIP sha256, command line).
     pub provenance: BTreeMap<String, String>,
+    /// The epoch after `epochs_done`, when the state was written between its batches.
+    #[serde(default)]
+    pub in_epoch: Option<EpochProgress>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +108,8 @@ pub struct Trainer<'a> {
     pub epochs_done: usize,
     pub history: Vec<EpochRecord>,
     pub provenance: BTreeMap<String, String>,
+    /// The epoch under way (empty between epochs).
+    pub progress: EpochProgress,
     tokenizer: ClipTokenizer,
 }
 
@@ -150,6 +169,7 @@ impl<'a> Trainer<'a> {
             epochs_done,
             history,
             provenance: BTreeMap::new(),
+            progress: EpochProgress::default(),
             tokenizer: ClipTokenizer::new(),
         }
     }
@@ -215,8 +235,79 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// Runs the next epoch over `n` samples, loading each with `load` (a sample that fails to
-    /// load is skipped and reported through `on_skip`). `on_batch` sees each batch's loss.
+    /// Trains the next batch of the current epoch over `n` samples, loading each with `load` (a
+    /// sample that fails to load is skipped and reported through `on_skip`). Returns the number
+    /// of images trained on and the batch's loss, or `None` once every batch of the epoch is
+    /// done; then [`Trainer::finish_epoch`] closes it.
+    pub fn next_batch(
+        &mut self,
+        n: usize,
+        load: &(dyn Fn(usize) -> Result<TrainSample, String> + Sync),
+        on_skip: &mut dyn FnMut(usize, &str),
+    ) -> Result<Option<(usize, LossTerms)>, TrainError> {
+        let order = Self::epoch_order(self.options.seed, self.epochs_done, n);
+        loop {
+            let Some(chunk) = order
+                .chunks(self.options.batch_size)
+                .nth(self.progress.batches_done)
+            else {
+                return Ok(None);
+            };
+            let mut samples = Vec::with_capacity(chunk.len());
+            for &i in chunk {
+                match load(i) {
+                    Ok(s) => samples.push(s),
+                    Err(e) => {
+                        self.progress.skipped += 1;
+                        on_skip(i, &e);
+                    }
+                }
+            }
+            self.progress.batches_done += 1;
+            if samples.is_empty() {
+                continue;
+            }
+            let terms = self.train_batch(&samples)?;
+            let sums = &mut self.progress.loss_sums;
+            sums.total += terms.total;
+            sums.ce += terms.ce;
+            sums.focal += terms.focal;
+            sums.dice += terms.dice;
+            self.progress.samples += samples.len();
+            self.progress.batches_trained += 1;
+            return Ok(Some((samples.len(), terms)));
+        }
+    }
+
+    /// Closes the epoch whose batches [`Trainer::next_batch`] has run: its mean losses go into
+    /// the history.
+    pub fn finish_epoch(&mut self) -> Result<EpochRecord, TrainError> {
+        let progress = std::mem::take(&mut self.progress);
+        if progress.samples == 0 {
+            return Err(TrainError::Data(
+                "no training sample could be loaded in this epoch".into(),
+            ));
+        }
+        let k = progress.batches_trained as f64;
+        let sums = progress.loss_sums;
+        let record = EpochRecord {
+            epoch: self.epochs_done + 1,
+            loss: LossTerms {
+                total: sums.total / k,
+                ce: sums.ce / k,
+                focal: sums.focal / k,
+                dice: sums.dice / k,
+            },
+            samples: progress.samples,
+            skipped: progress.skipped,
+        };
+        self.epochs_done += 1;
+        self.history.push(record.clone());
+        Ok(record)
+    }
+
+    /// Runs the rest of the current epoch (all of it when none has run yet); `on_batch` sees each
+    /// batch's size and loss.
     pub fn run_epoch(
         &mut self,
         n: usize,
@@ -224,59 +315,38 @@ impl<'a> Trainer<'a> {
         on_batch: &mut dyn FnMut(usize, &LossTerms),
         on_skip: &mut dyn FnMut(usize, &str),
     ) -> Result<EpochRecord, TrainError> {
-        let epoch = self.epochs_done;
-        let order = Self::epoch_order(self.options.seed, epoch, n);
-        let mut sums = LossTerms::default();
-        let (mut seen, mut skipped, mut batches) = (0usize, 0usize, 0usize);
-        for chunk in order.chunks(self.options.batch_size) {
-            let mut samples = Vec::with_capacity(chunk.len());
-            for &i in chunk {
-                match load(i) {
-                    Ok(s) => samples.push(s),
-                    Err(e) => {
-                        skipped += 1;
-                        on_skip(i, &e);
-                    }
-                }
-            }
-            if samples.is_empty() {
-                continue;
-            }
-            let terms = self.train_batch(&samples)?;
-            on_batch(samples.len(), &terms);
-            seen += samples.len();
-            batches += 1;
-            sums.total += terms.total;
-            sums.ce += terms.ce;
-            sums.focal += terms.focal;
-            sums.dice += terms.dice;
+        while let Some((images, terms)) = self.next_batch(n, load, on_skip)? {
+            on_batch(images, &terms);
         }
-        if seen == 0 {
-            return Err(TrainError::Data(
-                "no training sample could be loaded in this epoch".into(),
-            ));
-        }
-        let k = batches as f64;
-        let record = EpochRecord {
-            epoch: epoch + 1,
-            loss: LossTerms {
-                total: sums.total / k,
-                ce: sums.ce / k,
-                focal: sums.focal / k,
-                dice: sums.dice / k,
-            },
-            samples: seen,
-            skipped,
-        };
-        self.epochs_done += 1;
-        self.history.push(record.clone());
-        Ok(record)
+        self.finish_epoch()
     }
 
     /// Writes the deployable parameters and, beside them, the training state; each atomically.
     /// The state goes first: a crash between the two leaves a state that is ahead of the
     /// parameters file, which a resume then rewrites, never the other way round.
     pub fn save(&self, params_path: &Path, state_path: &Path) -> Result<(), TrainError> {
+        self.save_state(state_path)?;
+        let mut extra = self.provenance.clone();
+        extra.insert("headclip.epochs".into(), self.epochs_done.to_string());
+        extra.insert(
+            "headclip.losses".into(),
+            serde_json::to_string(&self.history).map_err(|e| TrainError::State {
+                path: state_path.into(),
+                message: e.to_string(),
+            })?,
+        );
+        extra.insert(
+            "headclip.train_options".into(),
+            serde_json::to_string(&self.options).unwrap_or_default(),
+        );
+        self.params.save(params_path, &self.file_config, &extra)?;
+        Ok(())
+    }
+
+    /// Writes the training state alone, atomically: between epochs, or between the batches of
+    /// one (then with how far the epoch got). The deployable parameters file keeps the last
+    /// complete epoch.
+    pub fn save_state(&self, state_path: &Path) -> Result<(), TrainError> {
         let state_err = |message: String| TrainError::State {
             path: state_path.into(),
             message,
@@ -288,6 +358,7 @@ impl<'a> Trainer<'a> {
             config: self.file_config.clone(),
             history: self.history.clone(),
             provenance: self.provenance.clone(),
+            in_epoch: (self.progress.batches_done > 0).then(|| self.progress.clone()),
         };
         let mut named: Vec<(String, Tensor)> = Vec::new();
         for (i, (name, t)) in trainable(&self.params).into_iter().enumerate() {
@@ -298,20 +369,7 @@ impl<'a> Trainer<'a> {
         let json = serde_json::to_string(&meta).map_err(|e| state_err(e.to_string()))?;
         let bytes = serialize_f32(&named, HashMap::from([(STATE_KEY.to_string(), json)]))
             .map_err(state_err)?;
-        crate::write_atomically(state_path, &bytes).map_err(|e| state_err(e.to_string()))?;
-
-        let mut extra = self.provenance.clone();
-        extra.insert("headclip.epochs".into(), self.epochs_done.to_string());
-        extra.insert(
-            "headclip.losses".into(),
-            serde_json::to_string(&self.history).map_err(|e| state_err(e.to_string()))?,
-        );
-        extra.insert(
-            "headclip.train_options".into(),
-            serde_json::to_string(&self.options).unwrap_or_default(),
-        );
-        self.params.save(params_path, &self.file_config, &extra)?;
-        Ok(())
+        crate::write_atomically(state_path, &bytes).map_err(|e| state_err(e.to_string()))
     }
 
     /// Continues a run from its training-state file.
@@ -393,6 +451,7 @@ impl<'a> Trainer<'a> {
             meta.history,
         );
         trainer.provenance = meta.provenance;
+        trainer.progress = meta.in_epoch.unwrap_or_default();
         Ok(trainer)
     }
 }
