@@ -194,3 +194,69 @@ fn hugging_face_layout_gives_the_same_model() {
     let model = HeadClip::new(clip, Some(params), resolved).unwrap();
     check_case(&model, "learned", &exp);
 }
+
+/// `--precision bf16`: the towers run in bfloat16 (maps and scores are still computed in fp32).
+/// On every parity case the smoothed anomaly maps stay within 0.01 (max abs) of the fp32
+/// reference, and the joint scores too.
+#[test]
+fn bf16_maps_stay_within_0_01_of_fp32() {
+    let (exp, meta) = expected();
+    let bf16_clip = || {
+        let mut state = load_state_dict(&fixtures().join("clip_openai.safetensors")).unwrap();
+        state.kind = Kind::BFloat16;
+        Clip::from_state_dict(&state, Device::Cpu).unwrap()
+    };
+    let mut cases: Vec<(String, HeadClip)> = ["learned", "dynamic", "both", "identity"]
+        .iter()
+        .map(|case| {
+            let clip = bf16_clip();
+            let (params, _, resolved) = HeadClipParams::load(
+                &fixtures().join(format!("params_{case}.safetensors")),
+                &clip.config,
+            )
+            .unwrap();
+            (
+                case.to_string(),
+                HeadClip::new(clip, Some(params), resolved).unwrap(),
+            )
+        })
+        .collect();
+    let clip = bf16_clip();
+    let config = HeadClipConfig {
+        readout: Some(serde_json::from_str(&meta["readout"]).unwrap()),
+        dpam_start: Some(meta["dpam_start"].parse().unwrap()),
+        image_size: Some(meta["image_size"].parse().unwrap()),
+        ..Default::default()
+    };
+    let resolved = config.resolve(&clip.config).unwrap();
+    cases.push((
+        "ensemble".into(),
+        HeadClip::new(clip, None, resolved).unwrap(),
+    ));
+
+    let images = &exp["images"];
+    let side = images.size()[3];
+    for (case, model) in &cases {
+        let scores = model.score(images);
+        let maps: Vec<f32> = scores.iter().flat_map(|s| s.map.clone()).collect();
+        let maps = Tensor::from_slice(&maps).view([-1, side, side]);
+        let reference = &exp[&format!("{case}.map")];
+        let map_diff = (maps - reference).abs().max().double_value(&[]);
+        let joint: Vec<f32> = scores.iter().map(|s| s.score).collect();
+        let score_diff = (Tensor::from_slice(&joint) - &exp[&format!("{case}.score")])
+            .abs()
+            .max()
+            .double_value(&[]);
+        println!(
+            "{case}: bf16 max |map − fp32| = {map_diff:.2e}, max |score − fp32| = {score_diff:.2e}"
+        );
+        assert!(
+            map_diff <= 0.01,
+            "{case}: bf16 maps differ from fp32 by {map_diff}"
+        );
+        assert!(
+            score_diff <= 0.01,
+            "{case}: bf16 joint scores differ from fp32 by {score_diff}"
+        );
+    }
+}

@@ -1,7 +1,13 @@
 //! The pieces both towers are made of: pre-LN residual blocks with multi-head attention and a
 //! QuickGELU MLP, in OpenAI's parameter layout (`nn.MultiheadAttention`'s fused `in_proj`).
+//!
+//! Reduced precision works like PyTorch's autocast: the linear layers, the convolution and the
+//! attention run in the checkpoint's `kind` (bf16, fp16), while the residual stream, the layer
+//! norms, the embeddings and the final projections stay in fp32. A bf16 residual stream would
+//! round every block's sum to 8 significant bits, and at the scores' temperature (1/0.07) that
+//! error reaches the anomaly maps.
 
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::checkpoint::{CheckpointError, StateDict};
 
@@ -15,6 +21,20 @@ pub(crate) fn load(
         .get_shaped(key, shape)?
         .to_device(device)
         .to_kind(state.kind)
+        .set_requires_grad(false))
+}
+
+/// A tensor kept in fp32 whatever precision the linear layers run in.
+pub(crate) fn load_f32(
+    state: &StateDict,
+    key: &str,
+    shape: &[i64],
+    device: Device,
+) -> Result<Tensor, CheckpointError> {
+    Ok(state
+        .get_shaped(key, shape)?
+        .to_device(device)
+        .to_kind(Kind::Float)
         .set_requires_grad(false))
 }
 
@@ -32,14 +52,21 @@ impl LayerNorm {
         device: Device,
     ) -> Result<Self, CheckpointError> {
         Ok(Self {
-            weight: load(state, &format!("{prefix}.weight"), &[dim], device)?,
-            bias: load(state, &format!("{prefix}.bias"), &[dim], device)?,
+            weight: load_f32(state, &format!("{prefix}.weight"), &[dim], device)?,
+            bias: load_f32(state, &format!("{prefix}.bias"), &[dim], device)?,
             dim,
         })
     }
 
+    /// Always in fp32. x: [.., D]
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.layer_norm([self.dim], Some(&self.weight), Some(&self.bias), 1e-5, true)
+        x.to_kind(Kind::Float).layer_norm(
+            [self.dim],
+            Some(&self.weight),
+            Some(&self.bias),
+            1e-5,
+            true,
+        )
     }
 }
 
@@ -62,8 +89,10 @@ impl Linear {
         })
     }
 
+    /// In the weights' precision. x: [.., in] → [.., out]
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, Some(&self.bias))
+        x.to_kind(self.weight.kind())
+            .linear(&self.weight, Some(&self.bias))
     }
 }
 

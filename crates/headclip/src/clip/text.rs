@@ -6,7 +6,7 @@ use tch::{Device, Tensor};
 
 use super::checkpoint::{CheckpointError, StateDict};
 use super::config::TextConfig;
-use super::layers::{l2_normalize, load, Block, LayerNorm};
+use super::layers::{l2_normalize, load, load_f32, Block, LayerNorm};
 
 pub struct TextTransformer {
     pub config: TextConfig,
@@ -47,7 +47,7 @@ impl TextTransformer {
                 &[config.vocab_size, w],
                 device,
             )?,
-            positional_embedding: load(
+            positional_embedding: load_f32(
                 state,
                 "positional_embedding",
                 &[config.context_length, w],
@@ -55,7 +55,7 @@ impl TextTransformer {
             )?,
             blocks,
             ln_final: LayerNorm::new(state, "ln_final", w, device)?,
-            projection: load(state, "text_projection", &[w, embed_dim], device)?,
+            projection: load_f32(state, "text_projection", &[w, embed_dim], device)?,
         })
     }
 

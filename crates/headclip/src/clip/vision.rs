@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::checkpoint::{CheckpointError, StateDict};
 use super::config::VisionConfig;
-use super::layers::{attend, l2_normalize, load, Block, LayerNorm};
+use super::layers::{attend, l2_normalize, load, load_f32, Block, LayerNorm};
 
 pub struct VisionTransformer {
     pub config: VisionConfig,
@@ -80,8 +80,8 @@ impl VisionTransformer {
         Ok(Self {
             config: config.clone(),
             conv1: load(state, "visual.conv1.weight", &[w, 3, p, p], device)?,
-            class_embedding: load(state, "visual.class_embedding", &[w], device)?,
-            positional_embedding: load(
+            class_embedding: load_f32(state, "visual.class_embedding", &[w], device)?,
+            positional_embedding: load_f32(
                 state,
                 "visual.positional_embedding",
                 &[g * g + 1, w],
@@ -90,7 +90,7 @@ impl VisionTransformer {
             ln_pre: LayerNorm::new(state, "visual.ln_pre", w, device)?,
             blocks,
             ln_post: LayerNorm::new(state, "visual.ln_post", w, device)?,
-            proj: load(state, "visual.proj", &[w, embed_dim], device)?,
+            proj: load_f32(state, "visual.proj", &[w, embed_dim], device)?,
         })
     }
 
@@ -142,21 +142,21 @@ impl VisionTransformer {
     ) -> Trunk {
         let b = images.size()[0];
         let d = self.config.width;
-        let x = images.conv2d(
-            &self.conv1,
-            None::<Tensor>,
-            [self.config.patch; 2],
-            [0, 0],
-            [1, 1],
-            1,
-        );
-        let grid = x.size()[2]; // [B, D, G, G]
-        let x = x.flatten(2, 3).transpose(1, 2); // [B, G², D]
+        // The stride-p, p×p patch convolution as one matmul over the non-overlapping patches:
+        // oneDNN's convolution allocates and faults in fresh scratch memory on every call.
+        let (p, side) = (self.config.patch, images.size()[3]);
+        let grid = side / p;
+        let patches = images
+            .view([b, 3, grid, p, grid, p])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([b, grid * grid, 3 * p * p]); // [B, G², 3p²]
+        let x = patches
+            .matmul(&self.conv1.view([d, 3 * p * p]).tr())
+            .to_kind(Kind::Float); // [B, G², D]
         let cls = self
             .class_embedding
             .view([1, 1, d])
-            .expand([b, 1, d], false)
-            .to_kind(x.kind());
+            .expand([b, 1, d], false);
         let x = Tensor::cat(&[cls, x], 1) + self.positional_embedding(grid);
         let mut o = self.ln_pre.forward(&x); // [B, N, D]
         let mut s: Option<Tensor> = None;
