@@ -31,6 +31,9 @@ pub struct BenchArgs {
     /// autograd through the whole trunk).
     #[arg(long, value_enum, default_value = "vv")]
     pub lhw_paths: LhwPathsArg,
+    /// With `--mode train --lhw-paths both`: recompute the two-path blocks in the backward pass.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
 }
 
 pub fn run(args: BenchArgs) -> Result<i32> {
@@ -65,6 +68,7 @@ pub fn run(args: BenchArgs) -> Result<i32> {
             };
             let options = TrainOptions {
                 batch_size: args.batch,
+                gradient_checkpointing: args.gradient_checkpointing,
                 ..Default::default()
             };
             let mut trainer = Trainer::new(&clip, config, options, 8)?;
@@ -115,6 +119,7 @@ fn time_steps(args: &BenchArgs, mut step: impl FnMut() -> Result<()>) -> Result<
         "device": args.model.device,
         "precision": args.model.precision,
         "lhw_paths": format!("{:?}", args.lhw_paths).to_lowercase(),
+        "gradient_checkpointing": args.gradient_checkpointing,
         "threads": tch::get_num_threads(),
         "ms_per_batch_median": median,
         "ms_per_batch_min": times[0],

@@ -27,7 +27,7 @@ fn assert_close(what: &str, engine: &Tensor, reference: &Tensor) {
     );
 }
 
-fn step_matches_reference(case: &str) {
+fn step_matches_reference(case: &str, gradient_checkpointing: bool) {
     let exp: HashMap<String, Tensor> =
         Tensor::read_safetensors(fixtures().join("expected.safetensors"))
             .unwrap()
@@ -55,6 +55,7 @@ fn step_matches_reference(case: &str) {
         &params,
         &batch,
         LossSelection::default(),
+        gradient_checkpointing,
     )
     .unwrap();
     let e = |k: &str| &exp[&format!("train.{case}.{k}")];
@@ -98,15 +99,21 @@ fn step_matches_reference(case: &str) {
 
 #[test]
 fn value_value_gradient_matches_full_autograd() {
-    step_matches_reference("learned");
+    step_matches_reference("learned", false);
 }
 
 #[test]
 fn dynamic_head_weight_gradient_matches() {
-    step_matches_reference("dynamic");
+    step_matches_reference("dynamic", false);
 }
 
 #[test]
 fn both_paths_gradient_matches() {
-    step_matches_reference("both");
+    step_matches_reference("both", false);
+}
+
+/// Recomputing the two-path blocks one at a time gives the same gradients as keeping the trunk.
+#[test]
+fn both_paths_gradient_with_checkpointing_matches() {
+    step_matches_reference("both", true);
 }

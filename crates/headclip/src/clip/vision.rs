@@ -140,6 +140,35 @@ impl VisionTransformer {
         head_weights: &HeadWeightFn,
         keep_vv: bool,
     ) -> Trunk {
+        let mut o = self.embed(images); // [B, N, D]
+        let mut s: Option<Tensor> = None;
+        let mut trunk = Trunk {
+            global_token: Tensor::new(),
+            readout_tokens: Vec::with_capacity(opts.readout.len()),
+            vv: Vec::new(),
+            ln1_cls: Vec::new(),
+        };
+        for (i, block) in self.blocks.iter().enumerate() {
+            let layer = i + 1;
+            if layer < opts.start {
+                o = block.forward(&o, false);
+            } else {
+                let keep = keep_vv.then_some(&mut trunk);
+                let (o_next, s_next) =
+                    self.two_path_block(layer, &o, s.as_ref(), opts, head_weights, keep);
+                (o, s) = (o_next, Some(s_next));
+            }
+            if opts.readout.contains(&layer) {
+                let tokens = s.as_ref().unwrap_or(&o).shallow_clone();
+                trunk.readout_tokens.push(tokens);
+            }
+        }
+        trunk.global_token = o.select(1, 0);
+        trunk
+    }
+
+    /// Patch embedding, CLS token, positional embedding and `ln_pre`: `o_0` [B, N, D].
+    pub fn embed(&self, images: &Tensor) -> Tensor {
         let b = images.size()[0];
         let d = self.config.width;
         // The stride-p, p×p patch convolution as one matmul over the non-overlapping patches:
@@ -158,52 +187,44 @@ impl VisionTransformer {
             .view([1, 1, d])
             .expand([b, 1, d], false);
         let x = Tensor::cat(&[cls, x], 1) + self.positional_embedding(grid);
-        let mut o = self.ln_pre.forward(&x); // [B, N, D]
-        let mut s: Option<Tensor> = None;
-        let mut trunk = Trunk {
-            global_token: Tensor::new(),
-            readout_tokens: Vec::with_capacity(opts.readout.len()),
-            vv: Vec::new(),
-            ln1_cls: Vec::new(),
-        };
+        self.ln_pre.forward(&x)
+    }
 
-        for (i, block) in self.blocks.iter().enumerate() {
-            let layer = i + 1;
-            if layer < opts.start {
-                o = block.forward(&o, false);
-            } else {
-                let h = block.ln_1.forward(&o);
-                let (q, k, v) = block.attn.qkv(&h);
-                let w = head_weights(layer - opts.start, &h)
-                    .map(|w| w.view([b, block.attn.heads, 1, 1]).to_kind(v.kind()));
-                let z_vv = attend(&v, &v, &v, false); // [B, H, N, d]
-                if keep_vv {
-                    trunk.vv.push(z_vv.shallow_clone());
-                    trunk.ln1_cls.push(h.select(1, 0));
-                }
-                let z_vv = match &w {
-                    Some(w) => z_vv * w,
-                    None => z_vv,
-                };
-                let stream = s.take().unwrap_or_else(|| o.shallow_clone());
-                s = Some(stream + block.attn.merge(&z_vv));
-                let z = attend(&q, &k, &v, false);
-                let z = match (&w, opts.weight_original_path) {
-                    (Some(w), true) => z * w,
-                    _ => z,
-                };
-                o = block.mlp_residual(&(&o + block.attn.merge(&z)));
-            }
-            if opts.readout.contains(&layer) {
-                let tokens = match &s {
-                    Some(s) if layer >= opts.start => s.shallow_clone(),
-                    _ => o.shallow_clone(),
-                };
-                trunk.readout_tokens.push(tokens);
-            }
+    /// Two-path block `layer` (1-based, ≥ l₀): `(o_{l−1}, s_{l−1}) → (o_l, s_l)`, where `s`
+    /// starts from `o_{l₀−1}` (pass `None` at `l₀`). With `keep`, records the block's `z'` and
+    /// `LN1(o_{l−1})[CLS]` there.
+    pub fn two_path_block(
+        &self,
+        layer: usize,
+        o: &Tensor,
+        s: Option<&Tensor>,
+        opts: &DpamOptions,
+        head_weights: &HeadWeightFn,
+        keep: Option<&mut Trunk>,
+    ) -> (Tensor, Tensor) {
+        let block = &self.blocks[layer - 1];
+        let b = o.size()[0];
+        let h = block.ln_1.forward(o);
+        let (q, k, v) = block.attn.qkv(&h);
+        let w = head_weights(layer - opts.start, &h)
+            .map(|w| w.view([b, block.attn.heads, 1, 1]).to_kind(v.kind()));
+        let z_vv = attend(&v, &v, &v, false); // [B, H, N, d]
+        if let Some(trunk) = keep {
+            trunk.vv.push(z_vv.shallow_clone());
+            trunk.ln1_cls.push(h.select(1, 0));
         }
-        trunk.global_token = o.select(1, 0);
-        trunk
+        let z_vv = match &w {
+            Some(w) => z_vv * w,
+            None => z_vv,
+        };
+        let s = s.unwrap_or(o) + block.attn.merge(&z_vv);
+        let z = attend(&q, &k, &v, false);
+        let z = match (&w, opts.weight_original_path) {
+            (Some(w), true) => z * w,
+            _ => z,
+        };
+        let o = block.mlp_residual(&(o + block.attn.merge(&z)));
+        (o, s)
     }
 
     /// `g = o_L[CLS]·proj` (after `ln_post` if asked), L2-normalised. [B, D] → [B, E]

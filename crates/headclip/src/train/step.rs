@@ -6,7 +6,9 @@
 //! So `∂L/∂w_{j,h} = Σ_b,n ⟨(Σ_{l ∈ R, l ≥ j} ∂L/∂s_l) W_O,j |_h , z'_{j,h}⟩`: the image trunk runs
 //! once without autograd, keeping each block's `z'`, and autograd only runs from the read-out
 //! tokens onwards (and through the text tower for the prompts). With `lhw_paths = both` the
-//! weights change the trunk itself, and autograd runs through all of it.
+//! weights change the trunk itself, and autograd runs through all of it; with gradient
+//! checkpointing the two-path blocks run once without autograd, keeping only each block's input
+//! streams, and are run again one at a time, last first, to back-propagate through each.
 
 use tch::{Kind, Tensor};
 
@@ -62,7 +64,9 @@ pub fn trainable(params: &HeadClipParams) -> Vec<(String, &Tensor)> {
 }
 
 /// Computes the batch loss and leaves the gradients in the trainable tensors' `.grad()`
-/// (which must require grad; they are zeroed first).
+/// (which must require grad; they are zeroed first). `gradient_checkpointing` matters with
+/// `lhw_paths = both` only: it trades one more forward pass of the two-path blocks for keeping
+/// one block's activations at a time instead of the whole trunk's.
 pub fn loss_and_gradients(
     clip: &Clip,
     tokenizer: &ClipTokenizer,
@@ -70,6 +74,7 @@ pub fn loss_and_gradients(
     params: &HeadClipParams,
     batch: &Batch,
     terms: LossSelection,
+    gradient_checkpointing: bool,
 ) -> Result<LossTerms, crate::clip::TokenizeError> {
     for (_, t) in trainable(params) {
         let mut g = t.grad();
@@ -109,8 +114,13 @@ pub fn loss_and_gradients(
         dice: dice.double_value(&[]),
     };
 
+    let weights = |block: usize, h: &Tensor| Some(head_weights(config, params, block, h));
+    if config.lhw_paths == LhwPaths::Both && gradient_checkpointing {
+        let (ce, focal, dice, total) =
+            checkpointed_both_paths(vision, &opts, &weights, &batch.images, &loss);
+        return Ok(summarise(&ce, &focal, &dice, &total));
+    }
     if config.lhw_paths == LhwPaths::Both {
-        let weights = |block: usize, h: &Tensor| Some(head_weights(config, params, block, h));
         let trunk = vision.trunk(&batch.images, &opts, &weights, false);
         let global = vision.project_global(&trunk.global_token, opts.global_ln_post);
         let (ce, focal, dice) = loss(&global, &trunk.readout_tokens);
@@ -122,7 +132,6 @@ pub fn loss_and_gradients(
     // Value–value path only: the trunk without autograd, keeping z' per two-path block.
     let trunk = {
         let _guard = tch::no_grad_guard();
-        let weights = |block: usize, h: &Tensor| Some(head_weights(config, params, block, h));
         vision.trunk(&batch.images, &opts, &weights, true)
     };
     let global = {
@@ -180,4 +189,75 @@ pub fn loss_and_gradients(
         }
     }
     Ok(summarise(&ce, &focal, &dice, &total))
+}
+
+/// The loss terms (ce, focal, dice) from the global feature and the read-out tokens.
+type LossFn<'a> = dyn Fn(&Tensor, &[Tensor]) -> (Tensor, Tensor, Tensor) + 'a;
+
+/// `lhw_paths = both` with gradient checkpointing; returns (ce, focal, dice, total).
+///
+/// Blocks before `l₀` depend on no trainable tensor and run without autograd. The two-path
+/// blocks run without autograd too, keeping their input streams `(o_{l−1}, s_{l−1})`; the loss
+/// back-propagates to the read-out tokens and `o_L`; then each block, last first, runs again with
+/// autograd from its saved inputs, and `Σ⟨∂L/∂o_l, o_l⟩ + ⟨∂L/∂s_l, s_l⟩` back-propagates through
+/// it alone, leaving its share of the head-weight gradients and the gradients of its inputs.
+fn checkpointed_both_paths(
+    vision: &crate::clip::VisionTransformer,
+    opts: &DpamOptions,
+    weights: &crate::clip::HeadWeightFn,
+    images: &Tensor,
+    loss: &LossFn,
+) -> (Tensor, Tensor, Tensor, Tensor) {
+    let layers = vision.blocks.len();
+    let leaf = |t: &Tensor| t.detach().set_requires_grad(true);
+    let mut readout: Vec<Tensor> = Vec::with_capacity(opts.readout.len());
+    // inputs[j] = (o, s) entering two-path block l₀ + j.
+    let mut inputs: Vec<(Tensor, Option<Tensor>)> = Vec::new();
+    let o_last = {
+        let _guard = tch::no_grad_guard();
+        let mut o = vision.embed(images);
+        let mut s: Option<Tensor> = None;
+        for layer in 1..=layers {
+            if layer < opts.start {
+                o = vision.blocks[layer - 1].forward(&o, false);
+            } else {
+                inputs.push((o.shallow_clone(), s.as_ref().map(Tensor::shallow_clone)));
+                let (o_next, s_next) =
+                    vision.two_path_block(layer, &o, s.as_ref(), opts, weights, None);
+                (o, s) = (o_next, Some(s_next));
+            }
+            if opts.readout.contains(&layer) {
+                readout.push(leaf(s.as_ref().unwrap_or(&o)));
+            }
+        }
+        leaf(&o)
+    };
+    let global = vision.project_global(&o_last.select(1, 0), opts.global_ln_post);
+    let (ce, focal, dice) = loss(&global, &readout);
+    let total = &ce + &focal + &dice;
+    total.backward();
+
+    let mut grad_o = o_last.grad();
+    let mut grad_s: Option<Tensor> = None;
+    for layer in (opts.start..=layers).rev() {
+        if let Some(r) = opts.readout.iter().position(|&l| l == layer) {
+            let g = readout[r].grad();
+            grad_s = Some(match grad_s.take() {
+                Some(acc) => acc + g,
+                None => g,
+            });
+        }
+        let (o_in, s_in) = &inputs[layer - opts.start];
+        let (o_in, s_in) = (leaf(o_in), s_in.as_ref().map(leaf));
+        let (o_out, s_out) =
+            vision.two_path_block(layer, &o_in, s_in.as_ref(), opts, weights, None);
+        let mut surrogate = (&o_out * &grad_o).sum(Kind::Float);
+        if let Some(g) = &grad_s {
+            surrogate += (s_out * g).sum(Kind::Float);
+        }
+        surrogate.backward();
+        grad_o = o_in.grad();
+        grad_s = s_in.map(|s| s.grad());
+    }
+    (ce, focal, dice, total)
 }

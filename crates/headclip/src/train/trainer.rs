@@ -34,6 +34,10 @@ pub struct TrainOptions {
     pub beta2: f64,
     pub seed: u64,
     pub loss: LossSelection,
+    /// With `lhw_paths = both`: recompute each two-path block in the backward pass instead of
+    /// keeping the whole trunk's activations.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for TrainOptions {
@@ -46,6 +50,7 @@ impl Default for TrainOptions {
             beta2: 0.999,
             seed: 111,
             loss: LossSelection::default(),
+            gradient_checkpointing: false,
         }
     }
 }
@@ -204,6 +209,7 @@ impl<'a> Trainer<'a> {
             &self.params,
             &batch,
             self.options.loss,
+            self.options.gradient_checkpointing,
         )?;
         let tensors: Vec<&Tensor> = trainable(&self.params)
             .into_iter()
