@@ -6,7 +6,8 @@
 #
 # quick: ViT-B/16 at S = 512 (inference fp32 and bf16, training steps) and ViT-L/14@336 inference
 # at batch 1, about 15 minutes on 2 cores; full adds batch 8 and the ViT-L/14@336 training steps,
-# about an hour. Each row: engine, reference, reference, engine; the best median of each side.
+# about 45 minutes more. Each row: engine, reference, reference, engine; the best median of each
+# side. The ViT-L/14@336 batch-8 rows time one step without a warm-up (a step takes about a minute).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-quick}
@@ -44,9 +45,9 @@ if [[ $MODE == full ]]; then
     "ViT-B/16 S=512 inference b8|$B16 --batch 8 --iters 2|$B16_REF --batch 8 --iters 2 --mode infer"
     "ViT-B/16 S=512 inference b8, engine bf16 vs reference fp32|$B16 --batch 8 --iters 2 --precision bf16|$B16_REF --batch 8 --iters 2 --mode infer"
     "ViT-L/14@336 S=518 inference b1, engine bf16 vs reference fp32|$L14 --batch 1 --iters 2 --precision bf16|$L14_REF --batch 1 --iters 2 --mode infer"
-    "ViT-L/14@336 S=518 inference b8|$L14 --batch 8 --iters 1|$L14_REF --batch 8 --iters 1 --mode infer"
-    "ViT-L/14@336 S=518 inference b8, engine bf16 vs reference fp32|$L14 --batch 8 --iters 1 --precision bf16|$L14_REF --batch 8 --iters 1 --mode infer"
-    "ViT-L/14@336 S=518 training step b8 vs our algorithm in PyTorch|$L14 --batch 8 --iters 1 --mode train|$L14_REF --batch 8 --iters 1 --mode train-ours"
+    "ViT-L/14@336 S=518 inference b8|$L14 --batch 8 --iters 1 --warmup 0|$L14_REF --batch 8 --iters 1 --warmup 0 --mode infer"
+    "ViT-L/14@336 S=518 inference b8, engine bf16 vs reference fp32|$L14 --batch 8 --iters 1 --warmup 0 --precision bf16|$L14_REF --batch 8 --iters 1 --warmup 0 --mode infer"
+    "ViT-L/14@336 S=518 training step b8 vs our algorithm in PyTorch|$L14 --batch 8 --iters 1 --warmup 0 --mode train|$L14_REF --batch 8 --iters 1 --warmup 0 --mode train-ours"
     # The straightforward version keeps every attention map of the trunk for autograd: tens of
     # GB at batch 8, more than these machines have, so it is compared at batch 1.
     "ViT-L/14@336 S=518 training step b1 vs straightforward autograd|$L14 --batch 1 --iters 1 --mode train|$L14_REF --batch 1 --iters 1 --mode train-naive"
