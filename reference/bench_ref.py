@@ -47,32 +47,9 @@ def train_ours(model, images, labels, masks, cfg: ref.Config, params: ref.Params
     """Trunk without autograd; dL/dw from suffix sums of the read-out gradients (as the engine)."""
     visual = model.visual
     side = images.shape[-1]
-    b = images.shape[0]
     with torch.no_grad():
-        x = visual.conv1(images)
-        d_model, grid = x.shape[1], x.shape[-1]
-        x = x.reshape(b, d_model, -1).permute(0, 2, 1)
-        x = torch.cat([visual.class_embedding + torch.zeros(b, 1, d_model, device=x.device), x], 1)
-        o = visual.ln_pre(x + ref.resized_positional_embedding(visual.positional_embedding, grid))
-        s, tokens, vv = None, {}, []
-        for l, block in enumerate(visual.transformer.resblocks, start=1):
-            if l < cfg.dpam_start:
-                o = block(o.permute(1, 0, 2)).permute(1, 0, 2)
-            else:
-                attn = block.attn
-                heads = attn.num_heads
-                h1 = block.ln_1(o)
-                q, k, v = F.linear(h1, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-                q, k, v = (ref.split_heads(t, heads) for t in (q, k, v))
-                w = ref.head_weights(cfg, params, l - cfg.dpam_start, h1, heads)[:, :, None, None]
-                z_vv = ref.attend(v, v, v)
-                vv.append(z_vv)
-                merge = lambda t: t.transpose(1, 2).reshape(b, -1, d_model)
-                s = (o if s is None else s) + attn.out_proj(merge(w * z_vv))
-                o = o + attn.out_proj(merge(ref.attend(q, k, v)))
-                o = o + block.mlp(block.ln_2(o))
-            if l in cfg.readout:
-                tokens[l] = (s if l >= cfg.dpam_start else o).clone()
+        o, tokens, vv = ref.image_trunk(model, images, cfg, params, keep_vv=True)
+        tokens = {l: t.clone() for l, t in tokens.items()}
         g = F.normalize(o[:, 0] @ visual.proj, dim=-1)
     leaves = {l: t.requires_grad_(True) for l, t in tokens.items()}
     text = ref.encode_prompted_text(model, params)

@@ -153,8 +153,9 @@ def attend(a: torch.Tensor, b: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.softmax(scores, dim=-1) @ v
 
 
-def encode_image(model, images: torch.Tensor, cfg: Config, params: Params):
-    """Returns (g [B, E], {layer: F_l [B, N, E]}), features L2-normalised."""
+def image_trunk(model, images: torch.Tensor, cfg: Config, params: Params, keep_vv: bool = False):
+    """The blocks: returns (o_L [B, N, D], {layer: raw read-out tokens [B, N, D]}, vv), where vv
+    lists each two-path block's unweighted z' [B, H, N, d] when `keep_vv` (else empty)."""
     visual = model.visual
     b = images.shape[0]
     x = visual.conv1(images)  # [B, D, G, G]
@@ -164,7 +165,7 @@ def encode_image(model, images: torch.Tensor, cfg: Config, params: Params):
     x = torch.cat([cls, x], dim=1) + resized_positional_embedding(visual.positional_embedding, grid)
     o = visual.ln_pre(x)  # [B, N, D]
     s = None
-    tokens = {}
+    tokens, vv = {}, []
     for l, block in enumerate(visual.transformer.resblocks, start=1):
         if l < cfg.dpam_start:
             o = block(o.permute(1, 0, 2)).permute(1, 0, 2)
@@ -177,6 +178,8 @@ def encode_image(model, images: torch.Tensor, cfg: Config, params: Params):
             w = head_weights(cfg, params, l - cfg.dpam_start, h1, heads)[:, :, None, None]
             z = attend(q, k, v)  # [B, H, N, d]
             z_vv = attend(v, v, v)
+            if keep_vv:
+                vv.append(z_vv)
             merge = lambda t: t.transpose(1, 2).reshape(b, -1, d_model)
             if s is None:
                 s = o
@@ -187,6 +190,13 @@ def encode_image(model, images: torch.Tensor, cfg: Config, params: Params):
             o = o + block.mlp(block.ln_2(o))
         if l in cfg.readout:
             tokens[l] = s if l >= cfg.dpam_start else o
+    return o, tokens, vv
+
+
+def encode_image(model, images: torch.Tensor, cfg: Config, params: Params):
+    """Returns (g [B, E], {layer: F_l [B, N, E]}), features L2-normalised."""
+    visual = model.visual
+    o, tokens, _ = image_trunk(model, images, cfg, params)
     g = o[:, 0, :]
     if cfg.global_ln_post:
         g = visual.ln_post(g)
