@@ -127,6 +127,18 @@ fn evaluate(params: &HeadClipParams, held_out: &[TrainSample]) -> (f64, f64) {
     (pixel, image)
 }
 
+/// The trainer's sample loader over samples already in memory.
+fn loader(samples: &[TrainSample]) -> impl Fn(usize) -> Result<TrainSample, String> + Sync + '_ {
+    |i| {
+        let s = &samples[i];
+        Ok(TrainSample {
+            image: s.image.clone(),
+            mask: s.mask.clone(),
+            anomalous: s.anomalous,
+        })
+    }
+}
+
 #[test]
 fn training_lifts_pixel_and_image_auroc_above_0_9() {
     tch::set_num_threads(2);
@@ -141,14 +153,7 @@ fn training_lifts_pixel_and_image_auroc_above_0_9() {
     };
     let mut trainer = Trainer::new(&clip, config(), options.clone(), 8).unwrap();
     let (pixel_before, image_before) = evaluate(&trainer.params, &held_out);
-    let load = |i: usize| -> Result<TrainSample, String> {
-        let s = &train[i];
-        Ok(TrainSample {
-            image: s.image.clone(),
-            mask: s.mask.clone(),
-            anomalous: s.anomalous,
-        })
-    };
+    let load = loader(&train);
     let mut first = None;
     for _ in 0..options.epochs {
         let record = trainer
@@ -183,14 +188,7 @@ fn training_lifts_pixel_and_image_auroc_above_0_9() {
 fn resuming_mid_epoch_is_bit_identical() {
     tch::set_num_threads(2);
     let data: Vec<TrainSample> = (0..20).map(|i| generate(i, i % 2 == 0)).collect();
-    let load = |i: usize| -> Result<TrainSample, String> {
-        let s = &data[i];
-        Ok(TrainSample {
-            image: s.image.clone(),
-            mask: s.mask.clone(),
-            anomalous: s.anomalous,
-        })
-    };
+    let load = loader(&data);
     let clip = clip();
     let options = TrainOptions {
         epochs: 2,

@@ -166,18 +166,22 @@ fn identity_head_weights() {
     learned_case("clip_openai.pt", "identity");
 }
 
+/// The training-free case's configuration, as the fixture generator recorded it.
+fn ensemble_config(meta: &HashMap<String, String>) -> HeadClipConfig {
+    HeadClipConfig {
+        readout: Some(serde_json::from_str(&meta["readout"]).unwrap()),
+        dpam_start: Some(meta["dpam_start"].parse().unwrap()),
+        image_size: Some(meta["image_size"].parse().unwrap()),
+        ..Default::default()
+    }
+}
+
 #[test]
 fn training_free_ensemble() {
     let (exp, meta) = expected();
     for weights in ["clip_openai.safetensors", "clip_openai.pt"] {
         let clip = clip(weights);
-        let config = HeadClipConfig {
-            readout: Some(serde_json::from_str(&meta["readout"]).unwrap()),
-            dpam_start: Some(meta["dpam_start"].parse().unwrap()),
-            image_size: Some(meta["image_size"].parse().unwrap()),
-            ..Default::default()
-        };
-        let resolved = config.resolve(&clip.config).unwrap();
+        let resolved = ensemble_config(&meta).resolve(&clip.config).unwrap();
         let model = HeadClip::new(clip, None, resolved).unwrap();
         check_case(&model, "ensemble", &exp);
     }
@@ -222,13 +226,7 @@ fn bf16_maps_stay_within_0_01_of_fp32() {
         })
         .collect();
     let clip = bf16_clip();
-    let config = HeadClipConfig {
-        readout: Some(serde_json::from_str(&meta["readout"]).unwrap()),
-        dpam_start: Some(meta["dpam_start"].parse().unwrap()),
-        image_size: Some(meta["image_size"].parse().unwrap()),
-        ..Default::default()
-    };
-    let resolved = config.resolve(&clip.config).unwrap();
+    let resolved = ensemble_config(&meta).resolve(&clip.config).unwrap();
     cases.push((
         "ensemble".into(),
         HeadClip::new(clip, None, resolved).unwrap(),

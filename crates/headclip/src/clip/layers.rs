@@ -11,17 +11,14 @@ use tch::{Device, Kind, Tensor};
 
 use super::checkpoint::{CheckpointError, StateDict};
 
+/// A tensor in the checkpoint's precision (`state.kind`).
 pub(crate) fn load(
     state: &StateDict,
     key: &str,
     shape: &[i64],
     device: Device,
 ) -> Result<Tensor, CheckpointError> {
-    Ok(state
-        .get_shaped(key, shape)?
-        .to_device(device)
-        .to_kind(state.kind)
-        .set_requires_grad(false))
+    load_as(state, key, shape, device, state.kind)
 }
 
 /// A tensor kept in fp32 whatever precision the linear layers run in.
@@ -31,10 +28,20 @@ pub(crate) fn load_f32(
     shape: &[i64],
     device: Device,
 ) -> Result<Tensor, CheckpointError> {
+    load_as(state, key, shape, device, Kind::Float)
+}
+
+fn load_as(
+    state: &StateDict,
+    key: &str,
+    shape: &[i64],
+    device: Device,
+    kind: Kind,
+) -> Result<Tensor, CheckpointError> {
     Ok(state
         .get_shaped(key, shape)?
         .to_device(device)
-        .to_kind(Kind::Float)
+        .to_kind(kind)
         .set_requires_grad(false))
 }
 
