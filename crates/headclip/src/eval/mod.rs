@@ -142,27 +142,54 @@ impl Metric {
     }
 }
 
+/// One value per metric of the protocol, in the reports' order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct PerMetric<T> {
+    /// Image-level AUROC.
+    pub image_auroc: T,
+    /// Image-level AP.
+    pub image_ap: T,
+    /// Image-level F1-max.
+    pub image_f1_max: T,
+    /// Pixel-level AUROC.
+    pub pixel_auroc: T,
+    /// Pixel-level AP.
+    pub pixel_ap: T,
+    /// Pixel-level F1-max.
+    pub pixel_f1_max: T,
+    /// AnomalyCLIP's AUPRO.
+    pub aupro_anomalyclip: T,
+    /// MVTec AD's AUPRO.
+    pub aupro_mvtec: T,
+}
+
+impl<T: Copy> PerMetric<T> {
+    /// The value of one metric.
+    pub fn get(&self, metric: Metric) -> T {
+        let mut copy = *self;
+        *copy.slot(metric)
+    }
+
+    fn slot(&mut self, metric: Metric) -> &mut T {
+        match metric {
+            Metric::ImageAuroc => &mut self.image_auroc,
+            Metric::ImageAp => &mut self.image_ap,
+            Metric::ImageF1Max => &mut self.image_f1_max,
+            Metric::PixelAuroc => &mut self.pixel_auroc,
+            Metric::PixelAp => &mut self.pixel_ap,
+            Metric::PixelF1Max => &mut self.pixel_f1_max,
+            Metric::AuproAnomalyclip => &mut self.aupro_anomalyclip,
+            Metric::AuproMvtec => &mut self.aupro_mvtec,
+        }
+    }
+}
+
 /// The eight figures of a category (or their means over a data set's categories), as
 /// fractions in [0, 1]; `None` where undefined.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
-pub struct MetricSet {
-    /// Image-level AUROC.
-    pub image_auroc: Option<f64>,
-    /// Image-level AP.
-    pub image_ap: Option<f64>,
-    /// Image-level F1-max.
-    pub image_f1_max: Option<f64>,
-    /// Pixel-level AUROC.
-    pub pixel_auroc: Option<f64>,
-    /// Pixel-level AP.
-    pub pixel_ap: Option<f64>,
-    /// Pixel-level F1-max.
-    pub pixel_f1_max: Option<f64>,
-    /// AnomalyCLIP's AUPRO.
-    pub aupro_anomalyclip: Option<f64>,
-    /// MVTec AD's AUPRO.
-    pub aupro_mvtec: Option<f64>,
-}
+pub type MetricSet = PerMetric<Option<f64>>;
+
+/// For each metric of a mean, the number of categories it is the mean of.
+pub type MetricCounts = PerMetric<usize>;
 
 impl MetricSet {
     /// Combines image-level and pixel-level results (either may be absent as a whole).
@@ -176,33 +203,6 @@ impl MetricSet {
             pixel_f1_max: pixel.and_then(|m| m.f1_max),
             aupro_anomalyclip: pixel.and_then(|m| m.aupro_anomalyclip),
             aupro_mvtec: pixel.and_then(|m| m.aupro_mvtec),
-        }
-    }
-
-    /// The value of one metric.
-    pub fn get(&self, metric: Metric) -> Option<f64> {
-        match metric {
-            Metric::ImageAuroc => self.image_auroc,
-            Metric::ImageAp => self.image_ap,
-            Metric::ImageF1Max => self.image_f1_max,
-            Metric::PixelAuroc => self.pixel_auroc,
-            Metric::PixelAp => self.pixel_ap,
-            Metric::PixelF1Max => self.pixel_f1_max,
-            Metric::AuproAnomalyclip => self.aupro_anomalyclip,
-            Metric::AuproMvtec => self.aupro_mvtec,
-        }
-    }
-
-    fn slot(&mut self, metric: Metric) -> &mut Option<f64> {
-        match metric {
-            Metric::ImageAuroc => &mut self.image_auroc,
-            Metric::ImageAp => &mut self.image_ap,
-            Metric::ImageF1Max => &mut self.image_f1_max,
-            Metric::PixelAuroc => &mut self.pixel_auroc,
-            Metric::PixelAp => &mut self.pixel_ap,
-            Metric::PixelF1Max => &mut self.pixel_f1_max,
-            Metric::AuproAnomalyclip => &mut self.aupro_anomalyclip,
-            Metric::AuproMvtec => &mut self.aupro_mvtec,
         }
     }
 
@@ -225,48 +225,6 @@ impl MetricSet {
             }
         }
         (mean, counts)
-    }
-}
-
-/// For each metric of a mean, the number of categories it is the mean of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct MetricCounts {
-    /// Categories with image AUROC.
-    pub image_auroc: usize,
-    /// Categories with image AP.
-    pub image_ap: usize,
-    /// Categories with image F1-max.
-    pub image_f1_max: usize,
-    /// Categories with pixel AUROC.
-    pub pixel_auroc: usize,
-    /// Categories with pixel AP.
-    pub pixel_ap: usize,
-    /// Categories with pixel F1-max.
-    pub pixel_f1_max: usize,
-    /// Categories with AnomalyCLIP's AUPRO.
-    pub aupro_anomalyclip: usize,
-    /// Categories with MVTec AD's AUPRO.
-    pub aupro_mvtec: usize,
-}
-
-impl MetricCounts {
-    /// The count of one metric.
-    pub fn get(&self, metric: Metric) -> usize {
-        let mut copy = *self;
-        *copy.slot(metric)
-    }
-
-    fn slot(&mut self, metric: Metric) -> &mut usize {
-        match metric {
-            Metric::ImageAuroc => &mut self.image_auroc,
-            Metric::ImageAp => &mut self.image_ap,
-            Metric::ImageF1Max => &mut self.image_f1_max,
-            Metric::PixelAuroc => &mut self.pixel_auroc,
-            Metric::PixelAp => &mut self.pixel_ap,
-            Metric::PixelF1Max => &mut self.pixel_f1_max,
-            Metric::AuproAnomalyclip => &mut self.aupro_anomalyclip,
-            Metric::AuproMvtec => &mut self.aupro_mvtec,
-        }
     }
 }
 
