@@ -3,6 +3,7 @@
 # random weights and thread count, alternating engines in one run; prints the ratios.
 #
 #   benches/compare.sh [quick|full]      (needs the reference environment: reference/regen.sh sets it up)
+#   ONLY='b8|training' benches/compare.sh full    # only the rows whose name matches the regex
 #
 # quick: ViT-B/16 at S = 512 (inference fp32 and bf16, training steps) and ViT-L/14@336 inference
 # at batch 1, about 15 minutes on 2 cores; full adds batch 8 and the ViT-L/14@336 training steps,
@@ -58,6 +59,7 @@ printf '| workload | engine ms | reference ms | speed-up | engine peak RSS MB | 
 declare -A REF_CACHE
 for w in "${WORKLOADS[@]}"; do
   IFS='|' read -r name rargs pargs <<< "$w"
+  [[ -z ${ONLY:-} || $name =~ $ONLY ]] || continue
   # Alternate the order between two rounds so neither engine always runs on a warmer machine.
   # A reference workload already run (the fp32 reference of a bf16 row) is not run again.
   if [[ -n ${REF_CACHE[$pargs]:-} ]]; then

@@ -82,6 +82,17 @@ fn check_case(model: &HeadClip, case: &str, exp: &HashMap<String, Tensor>) {
         &col(|s| s.score),
         e("score"),
     );
+    // `score` (one image at a time on the CPU) gives the batch's results.
+    let one_by_one = model.score(images);
+    let maps: Vec<f32> = one_by_one.iter().flat_map(|s| s.map.clone()).collect();
+    let maps = Tensor::from_slice(&maps).view([-1, side, side]);
+    assert_close(&format!("{case}: smoothed map via score"), &maps, e("map"));
+    let joint = Tensor::from_slice(&one_by_one.iter().map(|s| s.score).collect::<Vec<_>>());
+    assert_close(
+        &format!("{case}: joint score via score"),
+        &joint,
+        e("score"),
+    );
 }
 
 fn learned_case(weights: &str, case: &str) {

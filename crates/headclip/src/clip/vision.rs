@@ -54,6 +54,26 @@ pub struct Trunk {
     pub ln1_cls: Vec<Tensor>,
 }
 
+impl Trunk {
+    /// Joins the trunks of consecutive parts of a batch, in order.
+    pub fn cat(parts: &[Trunk]) -> Trunk {
+        let join = |pick: &dyn Fn(&Trunk) -> &Tensor| {
+            Tensor::cat(&parts.iter().map(pick).collect::<Vec<_>>(), 0)
+        };
+        let first = &parts[0];
+        Trunk {
+            global_token: join(&|t| &t.global_token),
+            readout_tokens: (0..first.readout_tokens.len())
+                .map(|i| join(&|t| &t.readout_tokens[i]))
+                .collect(),
+            vv: (0..first.vv.len()).map(|i| join(&|t| &t.vv[i])).collect(),
+            ln1_cls: (0..first.ln1_cls.len())
+                .map(|i| join(&|t| &t.ln1_cls[i]))
+                .collect(),
+        }
+    }
+}
+
 /// Head weights for one DPAM block: given the block's index from `l₀` (0-based) and
 /// `LN1(o_{l−1})` [B, N, D], returns `w` [B, H], or `None` for all ones.
 pub type HeadWeightFn<'a> = dyn Fn(usize, &Tensor) -> Option<Tensor> + 'a;

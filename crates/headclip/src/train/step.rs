@@ -13,7 +13,7 @@
 use tch::{Kind, Tensor};
 
 use super::loss::{global_loss, pixel_loss, LossTerms};
-use crate::clip::{Clip, ClipTokenizer, DpamOptions};
+use crate::clip::{Clip, ClipTokenizer, DpamOptions, Trunk};
 use crate::model::prompts::learned_text_features;
 use crate::model::{head_weights, HeadClipParams, LhwPaths, ResolvedConfig};
 
@@ -132,7 +132,19 @@ pub fn loss_and_gradients(
     // Value–value path only: the trunk without autograd, keeping z' per two-path block.
     let trunk = {
         let _guard = tch::no_grad_guard();
-        vision.trunk(&batch.images, &opts, &weights, true)
+        // On the CPU one image at a time, as in inference (`HeadClip::score` says why).
+        let chunk = if batch.images.device() == tch::Device::Cpu {
+            crate::model::CPU_CHUNK
+        } else {
+            batch.images.size()[0].max(1)
+        };
+        let parts: Vec<Trunk> = batch
+            .images
+            .split(chunk, 0)
+            .iter()
+            .map(|images| vision.trunk(images, &opts, &weights, true))
+            .collect();
+        Trunk::cat(&parts)
     };
     let global = {
         let _guard = tch::no_grad_guard();
