@@ -62,6 +62,16 @@ pub enum ModelError {
 /// [`HeadClip::score`]).
 pub const CPU_CHUNK: i64 = 1;
 
+/// How many of `images` [B, ..] go through a model on `device` at once: [`CPU_CHUNK`] on the
+/// CPU, the whole batch elsewhere.
+pub fn forward_chunk(images: &Tensor, device: Device) -> i64 {
+    if device == Device::Cpu {
+        CPU_CHUNK
+    } else {
+        images.size()[0].max(1)
+    }
+}
+
 pub struct HeadClip {
     pub clip: Clip,
     pub config: ResolvedConfig,
@@ -168,13 +178,8 @@ impl HeadClip {
     /// fp32, 0.90 against 0.42 s in bf16); one image's stay under it.
     pub fn score(&self, images: &Tensor) -> Vec<ImageScore> {
         let _guard = tch::no_grad_guard();
-        let chunk = if self.device() == Device::Cpu {
-            CPU_CHUNK
-        } else {
-            images.size()[0].max(1)
-        };
         images
-            .split(chunk, 0)
+            .split(forward_chunk(images, self.device()), 0)
             .iter()
             .flat_map(|part| self.finish(&self.forward(part, &self.text_features)))
             .collect()

@@ -133,14 +133,12 @@ pub fn loss_and_gradients(
     let trunk = {
         let _guard = tch::no_grad_guard();
         // On the CPU one image at a time, as in inference (`HeadClip::score` says why).
-        let chunk = if batch.images.device() == tch::Device::Cpu {
-            crate::model::CPU_CHUNK
-        } else {
-            batch.images.size()[0].max(1)
-        };
         let parts: Vec<Trunk> = batch
             .images
-            .split(chunk, 0)
+            .split(
+                crate::model::forward_chunk(&batch.images, batch.images.device()),
+                0,
+            )
             .iter()
             .map(|images| vision.trunk(images, &opts, &weights, true))
             .collect();
