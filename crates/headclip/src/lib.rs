@@ -11,6 +11,7 @@
 //! - [`metrics`]: image- and pixel-level metrics of the evaluation protocol.
 //! - [`viz`]: heat-map overlays.
 //! - [`weights`]: the official CLIP checkpoints, their checksums, and downloading them.
+//! - [`runtime`]: process-wide preparation of libtorch (deterministic kernels).
 //!
 //! This crate must not print, parse command lines or decide policy about files on disk beyond
 //! what it is asked to read or write: that belongs to `headclip-cli`.
@@ -21,6 +22,7 @@ pub mod datasets;
 pub mod eval;
 pub mod metrics;
 pub mod model;
+pub mod runtime;
 pub mod train;
 pub mod viz;
 pub mod weights;

@@ -33,6 +33,7 @@ pub struct Clip {
 impl Clip {
     /// Builds CLIP from a state dict in OpenAI's key layout, moving the weights to `device`.
     pub fn from_state_dict(state: &StateDict, device: Device) -> Result<Self, CheckpointError> {
+        crate::runtime::prepare();
         let config = ClipConfig::infer(state)?;
         let vision = VisionTransformer::new(state, &config.vision, config.embed_dim, device)?;
         let text = TextTransformer::new(state, &config.text, config.embed_dim, device)?;
