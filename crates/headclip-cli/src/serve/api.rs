@@ -222,10 +222,11 @@ async fn detect_inner(
                 .await
                 .map_err(|r| ApiError::new(r.status(), r.body_text()))?;
             let result = detect_form(app, &mut form, params, started, deadline).await;
+            // A refused form is read to its end (the body limit still bounds it), so that a
+            // client still sending sees the answer instead of a broken pipe: refusing a third
+            // image under `--queue 2` must not cut off the upload of that image.
             if let Err(e) = &result {
-                if e.status != StatusCode::PAYLOAD_TOO_LARGE
-                    && e.status != StatusCode::REQUEST_TIMEOUT
-                {
+                if e.status != StatusCode::REQUEST_TIMEOUT {
                     drain_form(&mut form, deadline).await;
                 }
             }
