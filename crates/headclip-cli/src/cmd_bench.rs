@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use headclip::model::HeadClipConfig;
 use headclip::train::{TrainOptions, TrainSample, Trainer};
 use tch::{Kind, Tensor};
@@ -17,8 +17,8 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// What to time: `infer` (scores, maps, smoothing) or `train` (loss, gradients, Adam).
-    #[arg(long, default_value = "infer")]
-    pub mode: String,
+    #[arg(long, value_enum, default_value = "infer")]
+    pub mode: BenchMode,
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
     /// Timed repetitions.
@@ -36,16 +36,27 @@ pub struct BenchArgs {
     pub gradient_checkpointing: bool,
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchMode {
+    Infer,
+    Train,
+}
+
 pub fn run(args: BenchArgs) -> Result<i32> {
     if args.batch == 0 || args.iters == 0 {
         bail!("--batch and --iters must be at least 1");
+    }
+    if args.mode == BenchMode::Infer
+        && (args.gradient_checkpointing || args.lhw_paths != LhwPathsArg::Vv)
+    {
+        bail!("--lhw-paths and --gradient-checkpointing apply to --mode train only");
     }
     // CUDA must be set up before the first libtorch call, which would otherwise settle on "no
     // CUDA" for the rest of the process.
     crate::engine::parse_device(&args.model.device)?;
     tch::manual_seed(0);
-    match args.mode.as_str() {
-        "infer" => {
+    match args.mode {
+        BenchMode::Infer => {
             let model = load_model(&args.model)?;
             let s = model.image_size();
             let images = Tensor::randn(
@@ -59,7 +70,7 @@ pub fn run(args: BenchArgs) -> Result<i32> {
                 Ok(())
             })
         }
-        "train" => {
+        BenchMode::Train => {
             let (clip, _) = load_clip(&args.model)?;
             let config = HeadClipConfig {
                 image_size: args.model.image_size,
@@ -95,7 +106,6 @@ pub fn run(args: BenchArgs) -> Result<i32> {
                     .map_err(Into::into)
             })
         }
-        other => bail!("unknown --mode {other:?}: infer or train"),
     }
 }
 
@@ -112,20 +122,22 @@ fn time_steps(args: &BenchArgs, mut step: impl FnMut() -> Result<()>) -> Result<
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "engine": "headclip",
-        "mode": args.mode,
+        "mode": format!("{:?}", args.mode).to_lowercase(),
         "batch": args.batch,
         "device": args.model.device,
         "precision": args.model.precision,
-        "lhw_paths": format!("{:?}", args.lhw_paths).to_lowercase(),
-        "gradient_checkpointing": args.gradient_checkpointing,
         "threads": tch::get_num_threads(),
         "ms_per_batch_median": median,
         "ms_per_batch_min": times[0],
         "images_per_s": args.batch as f64 * 1e3 / median,
         "peak_rss_mb": peak_rss_mb(),
     });
+    if args.mode == BenchMode::Train {
+        line["lhw_paths"] = format!("{:?}", args.lhw_paths).to_lowercase().into();
+        line["gradient_checkpointing"] = args.gradient_checkpointing.into();
+    }
     println!("{line}");
     Ok(0)
 }

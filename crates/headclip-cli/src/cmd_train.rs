@@ -96,7 +96,7 @@ pub enum LhwFormArg {
     Identity,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LhwPathsArg {
     Vv,
     Both,
