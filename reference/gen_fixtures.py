@@ -196,27 +196,45 @@ def training_masks(side: int) -> torch.Tensor:
     return torch.stack([m, torch.zeros_like(m)])
 
 
+def training_step(model, images, labels, masks, cfg, params, joint_weight: float = 0.0) -> dict:
+    """Loss terms, gradients of every trainable tensor, and the parameters after one Adam step
+    (lr 1e-3, betas 0.5/0.999)."""
+    out = {}
+    named = ref.trainable(params)
+    for t in named.values():
+        t.requires_grad_(True)
+    loss = ref.training_loss(model, images, labels, masks, cfg, params, joint_weight)
+    loss["total"].backward()
+    for k, v in loss.items():
+        out[f"loss.{k}"] = v.detach().reshape(1)
+    for k, t in named.items():
+        out[f"grad.{k}"] = t.grad.detach().clone()
+    optimizer = torch.optim.Adam(list(named.values()), lr=1e-3, betas=(0.5, 0.999))
+    optimizer.step()
+    for k, t in named.items():
+        out[f"after.{k}"] = t.detach().clone()
+    return out
+
+
+# The joint-score loss's case: the "learned" case's parameters, with the term weighted so.
+JOINT_WEIGHT = 0.7
+
+
 def training_fixture(model, p: dict, images: torch.Tensor, cases: dict, seed: int) -> dict:
-    """One training step per head-weight variant: loss terms, gradients of every trainable
-    tensor, and the parameters after one Adam step (lr 1e-3, betas 0.5/0.999)."""
+    """One training step per head-weight variant, and one with the joint-score loss."""
     out = {"train.masks": training_masks(p["side"]), "train.labels": torch.tensor([1, 0])}
+    labels, masks = out["train.labels"], out["train.masks"]
     for i, (name, cfg) in enumerate(cases.items()):
         if name == "identity":
             continue
-        params = random_params(p, cfg, seed + 1 + i)
-        named = ref.trainable(params)
-        for t in named.values():
-            t.requires_grad_(True)
-        loss = ref.training_loss(model, images, out["train.labels"], out["train.masks"], cfg, params)
-        loss["total"].backward()
-        for k, v in loss.items():
-            out[f"train.{name}.loss.{k}"] = v.detach().reshape(1)
-        for k, t in named.items():
-            out[f"train.{name}.grad.{k}"] = t.grad.detach().clone()
-        optimizer = torch.optim.Adam(list(named.values()), lr=1e-3, betas=(0.5, 0.999))
-        optimizer.step()
-        for k, t in named.items():
-            out[f"train.{name}.after.{k}"] = t.detach().clone()
+        step = training_step(model, images, labels, masks, cfg, random_params(p, cfg, seed + 1 + i))
+        out.update({f"train.{name}.{k}": v for k, v in step.items()})
+    learned = list(cases).index("learned")
+    cfg = cases["learned"]
+    step = training_step(model, images, labels, masks, cfg,
+                         random_params(p, cfg, seed + 1 + learned), JOINT_WEIGHT)
+    out.update({f"train.joint.{k}": v for k, v in step.items()})
+    out["train.joint.weight"] = torch.tensor([JOINT_WEIGHT])
     return out
 
 

@@ -258,23 +258,53 @@ def dice_loss(p: torch.Tensor, target: torch.Tensor):
     return (1 - (2 * (p * target).sum(1) + 1) / (p.sum(1) + target.sum(1) + 1)).mean()
 
 
-def training_loss(model, images, labels, masks, cfg: Config, params: Params) -> dict:
-    """The AnomalyCLIP-protocol loss, straightforwardly with autograd through everything."""
+def smoothing_matrix(side: int, sigma: float) -> torch.Tensor:
+    """A [S, S] with A[i, j] the weight of pixel j in scipy's 1-D Gaussian filter at pixel i, so
+    that scipy.ndimage.gaussian_filter(m, sigma) = A m Aᵀ, differentiably."""
+    eye = np.eye(side, dtype=np.float64)
+    return torch.from_numpy(scipy.ndimage.gaussian_filter1d(eye, sigma, axis=0)).float()
+
+
+def joint_score_loss(g, text, layer_probabilities, labels, cfg: Config):
+    """Binary cross-entropy of the joint score (computed as `score` does) against the labels."""
+    side = layer_probabilities[0].shape[-1]
+    global_score = torch.softmax(g @ text.T / TAU, dim=-1)[:, 1]
+    m = torch.stack([(p[:, 1] + 1 - p[:, 0]) / 2 for p in layer_probabilities], 1).mean(1)
+    a = smoothing_matrix(side, cfg.sigma)
+    smoothed = a @ m @ a.T
+    k = max(1, math.ceil(cfg.jas_top_fraction * side * side))
+    pixel_score = smoothed.reshape(len(m), -1).topk(k, dim=1).values.mean(1)
+    joint = (1 - cfg.jas_lambda) * global_score + cfg.jas_lambda * pixel_score
+    return F.binary_cross_entropy(joint, labels.float())
+
+
+def training_loss(model, images, labels, masks, cfg: Config, params: Params,
+                  joint_weight: float = 0.0) -> dict:
+    """The AnomalyCLIP-protocol loss, straightforwardly with autograd through everything, plus
+    `joint_weight` × the joint-score loss."""
     side = images.shape[-1]
     text = encode_prompted_text(model, params)
     g, feats = encode_image(model, images, cfg, params)
     ce = F.cross_entropy(g @ text.T / TAU, labels)
     focal = torch.zeros(())
     dice = torch.zeros(())
+    layer_probabilities = []
     for l in sorted(feats):
         p = torch.softmax(feats[l][:, 1:] @ text.T / TAU, dim=-1)
         grid = round(math.sqrt(p.shape[1]))
         p = p.permute(0, 2, 1).reshape(-1, 2, grid, grid)
         p = F.interpolate(p, size=(side, side), mode="bilinear", align_corners=False)
+        layer_probabilities.append(p)
         focal = focal + focal_loss(p, masks)
         dice = dice + dice_loss(p[:, 1], masks) + dice_loss(p[:, 0], 1 - masks)
     total = ce + focal + dice
-    return {"total": total, "ce": ce, "focal": focal, "dice": dice}
+    out = {"ce": ce, "focal": focal, "dice": dice}
+    if joint_weight > 0:
+        joint = joint_score_loss(g, text, layer_probabilities, labels, cfg)
+        total = total + joint_weight * joint
+        out["joint"] = joint
+    out["total"] = total
+    return out
 
 
 def trainable(params: Params) -> dict:

@@ -18,7 +18,7 @@ use clap::Args;
 use headclip::data::{self, DecodeLimits};
 use headclip::datasets::{self, DataSpec, LoadOptions, Sample, DATA_SPEC_HELP};
 use headclip::model::{HeadClipConfig, LhwForm, LhwPaths, DEFAULT_DEEP_PROMPTS};
-use headclip::train::{LossSelection, TrainOptions, TrainSample, Trainer};
+use headclip::train::{LossSelection, LossTerms, TrainOptions, TrainSample, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::engine::{load_clip, ModelArgs};
@@ -78,6 +78,11 @@ pub struct TrainArgs {
     /// λ of the joint score recorded in the parameters file.
     #[arg(long, default_value_t = 0.5)]
     pub jas_lambda: f64,
+    /// Weight of an extra loss term: the binary cross-entropy of the joint anomaly score (the
+    /// image score that `predict` and `test` report) against the image label. 0 leaves it out,
+    /// as the AnomalyCLIP protocol does.
+    #[arg(long, default_value_t = 0.0)]
+    pub joint_loss_weight: f64,
     /// Standard CLIP's ln_post on the global token.
     #[arg(long)]
     pub global_ln_post: bool,
@@ -157,9 +162,16 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         .iter()
         .filter(|s| s.anomalous && s.mask.is_none())
         .count();
+    if !(args.joint_loss_weight.is_finite() && args.joint_loss_weight >= 0.0) {
+        bail!(
+            "--joint-loss-weight must be a finite number ≥ 0, not {}",
+            args.joint_loss_weight
+        );
+    }
     let loss = LossSelection {
         global: true,
         pixel: missing_masks == 0,
+        joint_weight: args.joint_loss_weight,
     };
     if missing_masks > 0 {
         tracing::warn!(
@@ -205,6 +217,12 @@ pub fn run(args: TrainArgs) -> Result<i32> {
                 "resuming with the state's seed {} and batch size {}",
                 t.options.seed,
                 t.options.batch_size
+            );
+        }
+        if t.options.loss.joint_weight != options.loss.joint_weight {
+            tracing::warn!(
+                "resuming with the state's joint-loss weight {}",
+                t.options.loss.joint_weight
             );
         }
         tracing::info!(
@@ -271,6 +289,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         .with_context(|| format!("opening the loss log {}", log_path.display()))?;
     let mut skipped: Vec<String> = Vec::new();
     let total_epochs = trainer.options.epochs;
+    let joint_on = trainer.options.loss.joint_weight > 0.0;
     tracing::info!(
         "training on {} images ({anomalous} anomalous) at S = {side}, epochs {}..={total_epochs}, batch {}",
         samples.len(),
@@ -305,10 +324,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         };
         while let Some((n, terms)) = trainer.next_batch(samples.len(), &load, &mut on_skip)? {
             bar.inc(n as u64);
-            bar.set_message(format!(
-                "loss {:.4} (ce {:.3} focal {:.3} dice {:.3})",
-                terms.total, terms.ce, terms.focal, terms.dice
-            ));
+            bar.set_message(describe_loss(&terms, joint_on));
             let batch = trainer.progress.batches_done;
             let line =
                 serde_json::json!({"epoch": epoch, "batch": batch, "images": n, "loss": terms});
@@ -342,11 +358,8 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         });
         writeln!(log, "{line}")?;
         tracing::info!(
-            "epoch {epoch}/{total_epochs}: loss {:.4} (ce {:.4}, focal {:.4}, dice {:.4}), {:.2} s/image; saved {}",
-            record.loss.total,
-            record.loss.ce,
-            record.loss.focal,
-            record.loss.dice,
+            "epoch {epoch}/{total_epochs}: {}, {:.2} s/image; saved {}",
+            describe_loss(&record.loss, joint_on),
             seconds / trained_now.max(1) as f64,
             args.out.display()
         );
@@ -390,6 +403,18 @@ fn install_stop_handler() {
 /// `both`, about 18 per block for autograd (measured: ViT-B/16 shapes, S = 512, batch 8 peaked
 /// at 6.4 GB, 3.3 GB with checkpointing), or with checkpointing two per two-path block plus one
 /// block's worth; and the S×S probability maps of each read-out layer.
+/// "loss T (ce C, focal F, dice D[, joint J])", the joint term only when it is trained.
+fn describe_loss(terms: &LossTerms, joint: bool) -> String {
+    let mut text = format!(
+        "loss {:.4} (ce {:.4}, focal {:.4}, dice {:.4}",
+        terms.total, terms.ce, terms.focal, terms.dice
+    );
+    if joint {
+        text += &format!(", joint {:.4}", terms.joint);
+    }
+    text + ")"
+}
+
 fn check_memory(trainer: &Trainer, batch: usize) -> Result<()> {
     let v = &trainer.clip.vision.config;
     let s = trainer.config.image_size as f64;

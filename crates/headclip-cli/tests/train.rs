@@ -259,3 +259,53 @@ fn bad_training_data_is_refused_before_compute() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("global term only"));
 }
+
+/// `--joint-loss-weight`: the joint score's cross-entropy is trained and logged, weighted into
+/// the total, recorded in the training state; a negative weight is refused.
+#[test]
+fn joint_loss_weight_adds_the_joint_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = small_category(dir.path());
+    let data = format!("mvtec:{}", cat.display());
+    let out_path = dir.path().join("joint.safetensors");
+    let out = train(
+        &data,
+        &out_path,
+        &["--epochs", "1", "--joint-loss-weight", "0.5"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(", joint "), "{stderr}");
+    let log = std::fs::read_to_string(dir.path().join("joint.losses.jsonl")).unwrap();
+    let batches: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("summary").is_none())
+        .collect();
+    assert_eq!(batches.len(), 2);
+    for line in &batches {
+        let loss = &line["loss"];
+        let term = |k: &str| loss[k].as_f64().unwrap();
+        assert!(term("joint") > 0.0, "{line}");
+        let sum = term("ce") + term("focal") + term("dice") + 0.5 * term("joint");
+        assert!((term("total") - sum).abs() < 1e-5 * sum, "{line}");
+    }
+    let state = std::fs::read(dir.path().join("joint.state.safetensors")).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&state).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&header.metadata().as_ref().unwrap()["headclip.training_state"])
+            .unwrap();
+    assert_eq!(meta["options"]["loss"]["joint_weight"], 0.5);
+
+    for bad in ["--joint-loss-weight=-1", "--joint-loss-weight=nan"] {
+        let out = train(
+            &data,
+            &dir.path().join("bad.safetensors"),
+            &["--epochs", "1", bad],
+        );
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--joint-loss-weight must be"), "{stderr}");
+    }
+    assert!(!dir.path().join("bad.safetensors").exists());
+}

@@ -27,7 +27,14 @@ fn assert_close(what: &str, engine: &Tensor, reference: &Tensor) {
     );
 }
 
-fn step_matches_reference(case: &str, gradient_checkpointing: bool) {
+/// One step of the fixture case `case` (its parameters are `params_<params>.safetensors`) with
+/// the given loss selection against the reference's `train.<case>.*` values.
+fn step_matches_reference(
+    case: &str,
+    params: &str,
+    terms: LossSelection,
+    gradient_checkpointing: bool,
+) {
     let exp: HashMap<String, Tensor> =
         Tensor::read_safetensors(fixtures().join("expected.safetensors"))
             .unwrap()
@@ -36,7 +43,7 @@ fn step_matches_reference(case: &str, gradient_checkpointing: bool) {
     let state = load_state_dict(&fixtures().join("clip_openai.safetensors")).unwrap();
     let clip = Clip::from_state_dict(&state, Device::Cpu).unwrap();
     let (params, _, config) = HeadClipParams::load(
-        &fixtures().join(format!("params_{case}.safetensors")),
+        &fixtures().join(format!("params_{params}.safetensors")),
         &clip.config,
     )
     .unwrap();
@@ -54,17 +61,21 @@ fn step_matches_reference(case: &str, gradient_checkpointing: bool) {
         &config,
         &params,
         &batch,
-        LossSelection::default(),
+        terms,
         gradient_checkpointing,
     )
     .unwrap();
     let e = |k: &str| &exp[&format!("train.{case}.{k}")];
-    for (name, value) in [
+    let mut losses = vec![
         ("total", terms.total),
         ("ce", terms.ce),
         ("focal", terms.focal),
         ("dice", terms.dice),
-    ] {
+    ];
+    if exp.contains_key(&format!("train.{case}.loss.joint")) {
+        losses.push(("joint", terms.joint));
+    }
+    for (name, value) in losses {
         assert_close(
             &format!("{case}: loss {name}"),
             &Tensor::from_slice(&[value]),
@@ -97,23 +108,44 @@ fn step_matches_reference(case: &str, gradient_checkpointing: bool) {
     }
 }
 
+fn protocol() -> LossSelection {
+    LossSelection::default()
+}
+
 #[test]
 fn value_value_gradient_matches_full_autograd() {
-    step_matches_reference("learned", false);
+    step_matches_reference("learned", "learned", protocol(), false);
 }
 
 #[test]
 fn dynamic_head_weight_gradient_matches() {
-    step_matches_reference("dynamic", false);
+    step_matches_reference("dynamic", "dynamic", protocol(), false);
 }
 
 #[test]
 fn both_paths_gradient_matches() {
-    step_matches_reference("both", false);
+    step_matches_reference("both", "both", protocol(), false);
 }
 
 /// Recomputing the two-path blocks one at a time gives the same gradients as keeping the trunk.
 #[test]
 fn both_paths_gradient_with_checkpointing_matches() {
-    step_matches_reference("both", true);
+    step_matches_reference("both", "both", protocol(), true);
+}
+
+/// The joint-score loss (smoothing, top-k mean and the global score, differentiated) on top of
+/// the protocol's terms, through the cheap value–value gradient.
+#[test]
+fn joint_score_loss_gradient_matches() {
+    let exp = Tensor::read_safetensors(fixtures().join("expected.safetensors")).unwrap();
+    let weight = exp
+        .iter()
+        .find(|(k, _)| k == "train.joint.weight")
+        .map(|(_, t)| t.double_value(&[0]))
+        .expect("the fixture's joint-loss weight");
+    let terms = LossSelection {
+        joint_weight: weight,
+        ..protocol()
+    };
+    step_matches_reference("joint", "learned", terms, false);
 }

@@ -11,19 +11,27 @@ pub fn two_class_probabilities(x: &Tensor, text: &Tensor) -> Tensor {
     (x.matmul(&text.tr()) / TAU).softmax(-1, Kind::Float)
 }
 
-/// `M_l = (p_a + 1 − p_n)/2` per read-out layer, upsampled to S×S.
+/// The two-class probabilities `[p_n, p_a]` of one read-out layer's patch tokens, on their
+/// G×G grid upsampled bilinearly to S×S. features: [B, N, E] with CLS first → [B, 2, S, S]
+pub fn upsampled_probabilities(features: &Tensor, text: &Tensor, side: i64) -> Tensor {
+    let n = features.size()[1] - 1;
+    let grid = (n as f64).sqrt().round() as i64;
+    let p = two_class_probabilities(&features.narrow(1, 1, n), text); // [B, G², 2]
+    let p = p.permute([0, 2, 1]).reshape([-1, 2, grid, grid]);
+    p.upsample_bilinear2d([side, side], false, None, None)
+}
+
+/// `M_l = (p_a + 1 − p_n)/2` from one layer's upsampled probabilities. p: [B, 2, S, S] → [B, S, S]
+pub fn layer_map(p: &Tensor) -> Tensor {
+    (p.select(1, 1) + 1.0 - p.select(1, 0)) / 2.0
+}
+
+/// `M_l` per read-out layer, upsampled to S×S.
 /// features: per layer [B, N, E] with CLS first → [B, R, S, S]
 pub fn layer_maps(features: &[Tensor], text: &Tensor, side: i64) -> Tensor {
     let maps: Vec<Tensor> = features
         .iter()
-        .map(|f| {
-            let n = f.size()[1] - 1;
-            let grid = (n as f64).sqrt().round() as i64;
-            let p = two_class_probabilities(&f.narrow(1, 1, n), text); // [B, G², 2]
-            let p = p.permute([0, 2, 1]).reshape([-1, 2, grid, grid]);
-            let p = p.upsample_bilinear2d([side, side], false, None, None);
-            (p.select(1, 1) + 1.0 - p.select(1, 0)) / 2.0
-        })
+        .map(|f| layer_map(&upsampled_probabilities(f, text, side)))
         .collect();
     Tensor::stack(&maps, 1)
 }

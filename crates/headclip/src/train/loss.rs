@@ -1,18 +1,48 @@
 //! The training loss of the AnomalyCLIP protocol (spec: "Training"), computed as AnomalyCLIP's
 //! code computes it: cross-entropy on the global score, and per read-out layer a focal loss on
-//! the two-class map plus two Dice terms.
+//! the two-class map plus two Dice terms; optionally (*ours*) a binary cross-entropy of the
+//! joint anomaly score, so that the score the user ranks images by is trained too.
 
 use tch::{Kind, Reduction, Tensor};
 
-use crate::model::scoring::{two_class_probabilities, TAU};
+use crate::model::scoring::{
+    gaussian_smooth, layer_map, top_fraction_mean, two_class_probabilities, TAU,
+};
+use crate::model::ResolvedConfig;
 
-/// Loss terms of one batch (the focal and Dice terms summed over read-out layers).
+/// Loss terms of one batch (the focal and Dice terms summed over read-out layers; `joint` before
+/// its weight, 0 when the joint term is off).
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LossTerms {
     pub total: f64,
     pub ce: f64,
     pub focal: f64,
     pub dice: f64,
+    #[serde(default)]
+    pub joint: f64,
+}
+
+impl LossTerms {
+    /// Term-wise sum, for an epoch's running totals.
+    pub fn accumulate(&mut self, other: &LossTerms) {
+        self.total += other.total;
+        self.ce += other.ce;
+        self.focal += other.focal;
+        self.dice += other.dice;
+        self.joint += other.joint;
+    }
+
+    /// Term-wise mean of `n` accumulated batches.
+    pub fn mean_of(&self, n: usize) -> LossTerms {
+        let k = n as f64;
+        LossTerms {
+            total: self.total / k,
+            ce: self.ce / k,
+            focal: self.focal / k,
+            dice: self.dice / k,
+            joint: self.joint / k,
+        }
+    }
 }
 
 const SMOOTH: f64 = 1e-5;
@@ -44,16 +74,30 @@ pub fn global_loss(global: &Tensor, text: &Tensor, labels: &Tensor) -> Tensor {
     logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, 0.0)
 }
 
-/// Focal and Dice terms of one read-out layer. features: [B, N, E] (CLS first), text: [2, E],
-/// masks: [B, S, S] → (focal, dice)
-pub fn pixel_loss(features: &Tensor, text: &Tensor, masks: &Tensor) -> (Tensor, Tensor) {
-    let side = masks.size()[1];
-    let n = features.size()[1] - 1;
-    let grid = (n as f64).sqrt().round() as i64;
-    let p = two_class_probabilities(&features.narrow(1, 1, n), text); // [B, G², 2]
-    let p = p.permute([0, 2, 1]).reshape([-1, 2, grid, grid]);
-    let p = p.upsample_bilinear2d([side, side], false, None, None);
-    let focal = focal_loss(&p, masks);
+/// Focal and Dice terms of one read-out layer from its upsampled probabilities p [B, 2, S, S]
+/// and the masks [B, S, S] → (focal, dice)
+pub fn pixel_loss(p: &Tensor, masks: &Tensor) -> (Tensor, Tensor) {
+    let focal = focal_loss(p, masks);
     let dice = dice_loss(&p.select(1, 1), masks) + dice_loss(&p.select(1, 0), &(1.0 - masks));
     (focal, dice)
+}
+
+/// Binary cross-entropy of the joint anomaly score against the labels [B] (int64 0/1), mean over
+/// the batch. The score is computed as at inference: `s = (1 − λ)·s_g + λ·s_p`, with `s_g` from
+/// the global feature [B, E] and `s_p` the mean of the top fraction of the smoothed mean map of the
+/// read-out layers' upsampled probabilities (each [B, 2, S, S]).
+pub fn joint_loss(
+    global: &Tensor,
+    text: &Tensor,
+    probabilities: &[Tensor],
+    labels: &Tensor,
+    config: &ResolvedConfig,
+) -> Tensor {
+    let global_score = two_class_probabilities(global, text).select(1, 1); // [B]
+    let maps: Vec<Tensor> = probabilities.iter().map(layer_map).collect();
+    let map = Tensor::stack(&maps, 1).mean_dim(1, false, Kind::Float); // [B, S, S]
+    let smoothed = gaussian_smooth(&map, config.smoothing_sigma);
+    let pixel_score = top_fraction_mean(&smoothed, config.jas_top_fraction).to_kind(Kind::Float);
+    let score = global_score * (1.0 - config.jas_lambda) + pixel_score * config.jas_lambda;
+    score.binary_cross_entropy::<Tensor>(&labels.to_kind(Kind::Float), None, Reduction::Mean)
 }

@@ -12,9 +12,10 @@
 
 use tch::{Kind, Tensor};
 
-use super::loss::{global_loss, pixel_loss, LossTerms};
+use super::loss::{global_loss, joint_loss, pixel_loss, LossTerms};
 use crate::clip::{Clip, ClipTokenizer, DpamOptions, Trunk};
 use crate::model::prompts::learned_text_features;
+use crate::model::scoring::upsampled_probabilities;
 use crate::model::{head_weights, HeadClipParams, LhwPaths, ResolvedConfig};
 
 /// A batch on the model's device.
@@ -28,10 +29,14 @@ pub struct Batch {
 }
 
 /// Which loss terms are used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LossSelection {
     pub global: bool,
     pub pixel: bool,
+    /// Weight of the binary cross-entropy of the joint anomaly score (0: the term is off, as in
+    /// the AnomalyCLIP protocol).
+    #[serde(default)]
+    pub joint_weight: f64,
 }
 
 impl Default for LossSelection {
@@ -39,6 +44,28 @@ impl Default for LossSelection {
         Self {
             global: true,
             pixel: true,
+            joint_weight: 0.0,
+        }
+    }
+}
+
+/// A batch's loss terms as tensors (scalars), `total` being what is back-propagated.
+pub struct BatchLoss {
+    pub ce: Tensor,
+    pub focal: Tensor,
+    pub dice: Tensor,
+    pub joint: Tensor,
+    pub total: Tensor,
+}
+
+impl BatchLoss {
+    fn terms(&self) -> LossTerms {
+        LossTerms {
+            total: self.total.double_value(&[]),
+            ce: self.ce.double_value(&[]),
+            focal: self.focal.double_value(&[]),
+            dice: self.dice.double_value(&[]),
+            joint: self.joint.double_value(&[]),
         }
     }
 }
@@ -90,43 +117,56 @@ pub fn loss_and_gradients(
     };
     let text = learned_text_features(&clip.text, tokenizer, params)?; // [2, E], with grad
     let vision = &clip.vision;
-    let loss = |global: &Tensor, readout: &[Tensor]| {
+    let side = batch.masks.size()[1];
+    let loss = |global: &Tensor, readout: &[Tensor]| -> BatchLoss {
         let zero = || Tensor::zeros([], (Kind::Float, text.device()));
         let ce = if terms.global {
             global_loss(global, &text, &batch.labels)
         } else {
             zero()
         };
+        let probabilities: Vec<Tensor> = if terms.pixel || terms.joint_weight > 0.0 {
+            readout
+                .iter()
+                .map(|tokens| upsampled_probabilities(&vision.project_patch(tokens), &text, side))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let (mut focal, mut dice) = (zero(), zero());
         if terms.pixel {
-            for tokens in readout {
-                let (f, d) = pixel_loss(&vision.project_patch(tokens), &text, &batch.masks);
+            for p in &probabilities {
+                let (f, d) = pixel_loss(p, &batch.masks);
                 focal += f;
                 dice += d;
             }
         }
-        (ce, focal, dice)
-    };
-    let summarise = |ce: &Tensor, focal: &Tensor, dice: &Tensor, total: &Tensor| LossTerms {
-        total: total.double_value(&[]),
-        ce: ce.double_value(&[]),
-        focal: focal.double_value(&[]),
-        dice: dice.double_value(&[]),
+        let joint = if terms.joint_weight > 0.0 {
+            joint_loss(global, &text, &probabilities, &batch.labels, config)
+        } else {
+            zero()
+        };
+        let total = &ce + &focal + &dice + &joint * terms.joint_weight;
+        BatchLoss {
+            ce,
+            focal,
+            dice,
+            joint,
+            total,
+        }
     };
 
     let weights = |block: usize, h: &Tensor| Some(head_weights(config, params, block, h));
     if config.lhw_paths == LhwPaths::Both && gradient_checkpointing {
-        let (ce, focal, dice, total) =
-            checkpointed_both_paths(vision, &opts, &weights, &batch.images, &loss);
-        return Ok(summarise(&ce, &focal, &dice, &total));
+        let result = checkpointed_both_paths(vision, &opts, &weights, &batch.images, &loss);
+        return Ok(result.terms());
     }
     if config.lhw_paths == LhwPaths::Both {
         let trunk = vision.trunk(&batch.images, &opts, &weights, false);
         let global = vision.project_global(&trunk.global_token, opts.global_ln_post);
-        let (ce, focal, dice) = loss(&global, &trunk.readout_tokens);
-        let total = &ce + &focal + &dice;
-        total.backward();
-        return Ok(summarise(&ce, &focal, &dice, &total));
+        let result = loss(&global, &trunk.readout_tokens);
+        result.total.backward();
+        return Ok(result.terms());
     }
 
     // Value–value path only: the trunk without autograd, keeping z' per two-path block.
@@ -153,12 +193,12 @@ pub fn loss_and_gradients(
         .iter()
         .map(|t| t.detach().set_requires_grad(true))
         .collect();
-    let (ce, focal, dice) = loss(&global, &leaves);
-    let total = &ce + &focal + &dice;
-    total.backward();
-    if !terms.pixel {
-        // Without the pixel terms nothing reads the value–value stream: θ gets no gradient.
-        return Ok(summarise(&ce, &focal, &dice, &total));
+    let result = loss(&global, &leaves);
+    result.total.backward();
+    if !terms.pixel && terms.joint_weight == 0.0 {
+        // Without the pixel and joint terms nothing reads the value–value stream: θ gets no
+        // gradient.
+        return Ok(result.terms());
     }
 
     // ∂L/∂w per two-path block, from suffix sums of the read-out gradients.
@@ -198,13 +238,13 @@ pub fn loss_and_gradients(
             s.backward();
         }
     }
-    Ok(summarise(&ce, &focal, &dice, &total))
+    Ok(result.terms())
 }
 
-/// The loss terms (ce, focal, dice) from the global feature and the read-out tokens.
-type LossFn<'a> = dyn Fn(&Tensor, &[Tensor]) -> (Tensor, Tensor, Tensor) + 'a;
+/// The batch loss from the global feature and the read-out tokens.
+type LossFn<'a> = dyn Fn(&Tensor, &[Tensor]) -> BatchLoss + 'a;
 
-/// `lhw_paths = both` with gradient checkpointing; returns (ce, focal, dice, total).
+/// `lhw_paths = both` with gradient checkpointing.
 ///
 /// Blocks before `l₀` depend on no trainable tensor and run without autograd. The two-path
 /// blocks run without autograd too, keeping their input streams `(o_{l−1}, s_{l−1})`; the loss
@@ -217,7 +257,7 @@ fn checkpointed_both_paths(
     weights: &crate::clip::HeadWeightFn,
     images: &Tensor,
     loss: &LossFn,
-) -> (Tensor, Tensor, Tensor, Tensor) {
+) -> BatchLoss {
     let layers = vision.blocks.len();
     let leaf = |t: &Tensor| t.detach().set_requires_grad(true);
     let mut readout: Vec<Tensor> = Vec::with_capacity(opts.readout.len());
@@ -243,9 +283,8 @@ fn checkpointed_both_paths(
         leaf(&o)
     };
     let global = vision.project_global(&o_last.select(1, 0), opts.global_ln_post);
-    let (ce, focal, dice) = loss(&global, &readout);
-    let total = &ce + &focal + &dice;
-    total.backward();
+    let result = loss(&global, &readout);
+    result.total.backward();
 
     let mut grad_o = o_last.grad();
     let mut grad_s: Option<Tensor> = None;
@@ -269,5 +308,5 @@ fn checkpointed_both_paths(
         grad_o = o_in.grad();
         grad_s = s_in.map(|s| s.grad());
     }
-    (ce, focal, dice, total)
+    result
 }

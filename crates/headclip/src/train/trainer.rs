@@ -274,11 +274,7 @@ impl<'a> Trainer<'a> {
                 continue;
             }
             let terms = self.train_batch(&samples)?;
-            let sums = &mut self.progress.loss_sums;
-            sums.total += terms.total;
-            sums.ce += terms.ce;
-            sums.focal += terms.focal;
-            sums.dice += terms.dice;
+            self.progress.loss_sums.accumulate(&terms);
             self.progress.samples += samples.len();
             self.progress.batches_trained += 1;
             return Ok(Some((samples.len(), terms)));
@@ -294,16 +290,9 @@ impl<'a> Trainer<'a> {
                 "no training sample could be loaded in this epoch".into(),
             ));
         }
-        let k = progress.batches_trained as f64;
-        let sums = progress.loss_sums;
         let record = EpochRecord {
             epoch: self.epochs_done + 1,
-            loss: LossTerms {
-                total: sums.total / k,
-                ce: sums.ce / k,
-                focal: sums.focal / k,
-                dice: sums.dice / k,
-            },
+            loss: progress.loss_sums.mean_of(progress.batches_trained),
             samples: progress.samples,
             skipped: progress.skipped,
         };
