@@ -1,22 +1,17 @@
 //! `headclip bench`: one JSON line per run, with only the options that apply to its mode.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
-fn tiny_weights() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../crates/headclip/tests/fixtures/tiny/clip_openai.safetensors")
-}
+mod common;
 
 fn bench(extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_headclip"))
+    common::headclip()
         .args(["bench", "--weights"])
-        .arg(tiny_weights())
+        .arg(common::tiny("clip_openai.safetensors"))
         .args(["--image-size", "64", "--threads", "1", "--iters", "2"])
         .args(extra)
-        .env_remove("HEADCLIP_WEIGHTS")
         .output()
         .unwrap()
 }

@@ -1,24 +1,15 @@
 //! `headclip predict` end to end, with the tiny random-weight fixture model.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn tiny(file: &str) -> PathBuf {
-    repo()
-        .join("crates/headclip/tests/fixtures/tiny")
-        .join(file)
-}
+mod common;
+use common::{repo, tiny};
 
 fn headclip(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_headclip"));
-    cmd.args(args)
-        .env_remove("HEADCLIP_WEIGHTS")
-        .env("HEADCLIP_LOG", "headclip=info");
+    let mut cmd = common::headclip();
+    cmd.args(args);
     for (k, v) in envs {
         cmd.env(k, v);
     }

@@ -8,8 +8,7 @@ mod cdp;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,15 +16,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn tiny(file: &str) -> PathBuf {
-    repo()
-        .join("crates/headclip/tests/fixtures/tiny")
-        .join(file)
-}
+mod common;
+use common::{repo, tiny};
 
 fn bottle() -> Vec<u8> {
     std::fs::read(repo().join("examples/images/bottle_good_000.png")).unwrap()
@@ -71,14 +63,12 @@ impl Server {
     }
 
     fn start_with(model: &[&str], extra: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_headclip"));
+        let mut cmd = common::headclip();
         cmd.arg("serve")
             .args(model)
             .args(["--addr", "127.0.0.1:0"])
             .args(extra)
-            .env_remove("HEADCLIP_WEIGHTS")
             .env_remove("HEADCLIP_TOKEN")
-            .env("HEADCLIP_LOG", "headclip=info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -1011,7 +1001,7 @@ fn load_vit_b16_50_requests_at_4_concurrent() {
         weights
     } else {
         let made = dir.path().join("random-vit-b-16.safetensors");
-        let out = Command::new(env!("CARGO_BIN_EXE_headclip"))
+        let out = common::headclip()
             .args([
                 "weights",
                 "random",

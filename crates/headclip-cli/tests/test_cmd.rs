@@ -3,34 +3,21 @@
 //! and the errors that must come before any compute.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn shared_data() -> PathBuf {
-    repo().join("../shared/data")
-}
-
-fn tiny(file: &str) -> PathBuf {
-    repo()
-        .join("crates/headclip/tests/fixtures/tiny")
-        .join(file)
-}
+mod common;
+use common::{shared_data, tiny};
 
 /// Runs `headclip test` with the tiny model and `args`.
 fn headclip_test(args: &[String]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_headclip"));
+    let mut cmd = common::headclip();
     cmd.arg("test")
         .arg("--weights")
         .arg(tiny("clip_openai.safetensors"))
         .arg("--params")
         .arg(tiny("params_learned.safetensors"))
         .args(["--threads", "2"])
-        .args(args)
-        .env_remove("HEADCLIP_WEIGHTS")
-        .env("HEADCLIP_LOG", "headclip=info");
+        .args(args);
     cmd.output().expect("run headclip")
 }
 

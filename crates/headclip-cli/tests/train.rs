@@ -3,12 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
+use common::{safetensors_metadata, shared_data, tiny};
 
 fn bottle() -> PathBuf {
-    repo().join("../shared/data/mvtec_bottle/bottle")
+    shared_data().join("mvtec_bottle/bottle")
 }
 
 /// A small MVTec-layout category: 3 good and 3 broken images with their masks.
@@ -39,7 +38,7 @@ fn small_category(root: &Path) -> PathBuf {
 }
 
 fn train_command(data: &str, out: &Path, extra: &[&str]) -> Command {
-    let weights = repo().join("crates/headclip/tests/fixtures/tiny/clip_openai.safetensors");
+    let weights = tiny("clip_openai.safetensors");
     let mut args = vec![
         "train".to_string(),
         "--weights".into(),
@@ -60,8 +59,8 @@ fn train_command(data: &str, out: &Path, extra: &[&str]) -> Command {
         "2".into(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_headclip"));
-    command.args(&args).env_remove("HEADCLIP_WEIGHTS");
+    let mut command = common::headclip();
+    command.args(&args);
     command
 }
 
@@ -131,9 +130,9 @@ fn resumed_training_is_bit_identical_and_params_are_usable() {
 
     // The parameters drive predict.
     let image = cat.join("test/good/000.png");
-    let out = Command::new(env!("CARGO_BIN_EXE_headclip"))
+    let out = common::headclip()
         .args(["predict", "--weights"])
-        .arg(repo().join("crates/headclip/tests/fixtures/tiny/clip_openai.safetensors"))
+        .arg(tiny("clip_openai.safetensors"))
         .arg("--params")
         .arg(&straight)
         .arg(&image)
@@ -189,11 +188,7 @@ fn sigterm_mid_epoch_saves_state_and_resume_is_bit_identical() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("stopped after batch"), "{stderr}");
-    let epochs_in_params = |path: &Path| {
-        let bytes = std::fs::read(path).unwrap();
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-        header.metadata().as_ref().unwrap()["headclip.epochs"].clone()
-    };
+    let epochs_in_params = |path: &Path| safetensors_metadata(path)["headclip.epochs"].clone();
     let saved_epochs: usize = epochs_in_params(&stopped).parse().unwrap();
     assert!(
         (1..6).contains(&saved_epochs),
@@ -290,11 +285,8 @@ fn joint_loss_weight_adds_the_joint_term() {
         let sum = term("ce") + term("focal") + term("dice") + 0.5 * term("joint");
         assert!((term("total") - sum).abs() < 1e-5 * sum, "{line}");
     }
-    let state = std::fs::read(dir.path().join("joint.state.safetensors")).unwrap();
-    let (_, header) = safetensors::SafeTensors::read_metadata(&state).unwrap();
-    let meta: serde_json::Value =
-        serde_json::from_str(&header.metadata().as_ref().unwrap()["headclip.training_state"])
-            .unwrap();
+    let state = safetensors_metadata(&dir.path().join("joint.state.safetensors"));
+    let meta: serde_json::Value = serde_json::from_str(&state["headclip.training_state"]).unwrap();
     assert_eq!(meta["options"]["loss"]["joint_weight"], 0.5);
 
     for bad in ["--joint-loss-weight=-1", "--joint-loss-weight=nan"] {
