@@ -40,6 +40,7 @@ WORKLOADS=(
   "ViT-L/14@336 S=518 inference b1|$L14 --batch 1 --iters 2|$L14_REF --batch 1 --iters 2 --mode infer"
   "ViT-B/16 S=512 training step b8 vs straightforward autograd|$B16 --batch 8 --iters 2 --mode train|$B16_REF --batch 8 --iters 2 --mode train-naive"
   "ViT-B/16 S=512 training step b8 vs our algorithm in PyTorch|$B16 --batch 8 --iters 2 --mode train|$B16_REF --batch 8 --iters 2 --mode train-ours"
+  "ViT-B/16 S=512 training step b8, engine bf16 (mixed) vs straightforward fp32|$B16 --batch 8 --iters 2 --mode train --precision bf16|$B16_REF --batch 8 --iters 2 --mode train-naive"
 )
 if [[ $MODE == full ]]; then
   WORKLOADS+=(
@@ -52,6 +53,7 @@ if [[ $MODE == full ]]; then
     # The straightforward version keeps every attention map of the trunk for autograd: tens of
     # GB at batch 8, more than these machines have, so it is compared at batch 1.
     "ViT-L/14@336 S=518 training step b1 vs straightforward autograd|$L14 --batch 1 --iters 1 --mode train|$L14_REF --batch 1 --iters 1 --mode train-naive"
+    "ViT-L/14@336 S=518 training step b1, engine bf16 (mixed) vs straightforward fp32|$L14 --batch 1 --iters 1 --mode train --precision bf16|$L14_REF --batch 1 --iters 1 --mode train-naive"
   )
 fi
 

@@ -301,3 +301,29 @@ fn joint_loss_weight_adds_the_joint_term() {
     }
     assert!(!dir.path().join("bad.safetensors").exists());
 }
+
+/// `--precision bf16` trains mixed (towers in bf16, parameters and Adam in fp32): it used to
+/// stop with a dtype panic in the first batch.
+#[test]
+fn bf16_training_runs_and_keeps_fp32_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = small_category(dir.path());
+    let out_path = dir.path().join("bf16.safetensors");
+    for paths in ["vv", "both"] {
+        let out = train(
+            &format!("mvtec:{}", cat.display()),
+            &out_path,
+            &["--epochs", "1", "--precision", "bf16", "--lhw-paths", paths],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{paths}: {stderr}");
+        assert!(stderr.contains("epoch 1/1"), "{stderr}");
+        let bytes = std::fs::read(&out_path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for (name, view) in st.tensors() {
+            assert_eq!(view.dtype(), safetensors::Dtype::F32, "{paths}: {name}");
+        }
+        std::fs::remove_file(&out_path).unwrap();
+        std::fs::remove_file(dir.path().join("bf16.state.safetensors")).unwrap();
+    }
+}

@@ -189,6 +189,7 @@ impl VisionTransformer {
 
     /// Patch embedding, CLS token, positional embedding and `ln_pre`: `o_0` [B, N, D].
     pub fn embed(&self, images: &Tensor) -> Tensor {
+        let images = images.to_kind(self.conv1.kind());
         let b = images.size()[0];
         let d = self.config.width;
         // The stride-p, p×p patch convolution as one matmul over the non-overlapping patches:

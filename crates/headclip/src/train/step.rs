@@ -215,11 +215,14 @@ pub fn loss_and_gradients(
             });
         }
         let Some(grad_s) = &suffix else { continue };
-        let z = &trunk.vv[j]; // [B, H, N, d]
+        // In fp32 whatever precision the trunk ran in (`--precision bf16` trains mixed).
+        let z = trunk.vv[j].to_kind(Kind::Float); // [B, H, N, d]
         let (b, h, n, d) = z.size4().expect("z' is [B, H, N, d]");
-        let grad_concat = grad_s.matmul(blocks[j].attn.out_proj_weight()); // [B, N, H·d]
+        let out_proj = blocks[j].attn.out_proj_weight().to_kind(Kind::Float);
+        let grad_concat = grad_s.matmul(&out_proj); // [B, N, H·d]
         let grad_z = grad_concat.view([b, n, h, d]).transpose(1, 2);
-        weight_grads[j] = Some((grad_z * z).sum_dim_intlist([2, 3].as_slice(), false, Kind::Float));
+        weight_grads[j] =
+            Some((grad_z * &z).sum_dim_intlist([2, 3].as_slice(), false, Kind::Float));
     }
     // Chain rule from w to θ (and U) through the tiny graph of the head-weight function.
     let mut surrogate: Option<Tensor> = None;
