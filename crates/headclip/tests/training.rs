@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use headclip::clip::{load_state_dict, Clip, ClipTokenizer};
 use headclip::model::HeadClipParams;
-use headclip::train::{loss_and_gradients, trainable, Adam, Batch, LossSelection};
+use headclip::train::{loss_and_gradients, trainable, Adam, Batch, LossSelection, LossTerms};
 use tch::{Device, Kind, Tensor};
 
 fn fixtures() -> PathBuf {
@@ -27,21 +27,27 @@ fn assert_close(what: &str, engine: &Tensor, reference: &Tensor) {
     );
 }
 
-/// One step of the fixture case `case` (its parameters are `params_<params>.safetensors`) with
-/// the given loss selection against the reference's `train.<case>.*` values.
-fn step_matches_reference(
-    case: &str,
+/// The reference's expected values (`expected.safetensors`).
+fn expected() -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(fixtures().join("expected.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// One training step on the fixture batch with the tiny CLIP loaded in `kind` and the parameters
+/// `params_<params>.safetensors`: the loss terms, and the parameters holding their gradients.
+fn fixture_step(
+    kind: Kind,
     params: &str,
     terms: LossSelection,
     gradient_checkpointing: bool,
-) {
-    let exp: HashMap<String, Tensor> =
-        Tensor::read_safetensors(fixtures().join("expected.safetensors"))
-            .unwrap()
-            .into_iter()
-            .collect();
-    let state = load_state_dict(&fixtures().join("clip_openai.safetensors")).unwrap();
+) -> (LossTerms, HeadClipParams) {
+    let exp = expected();
+    let mut state = load_state_dict(&fixtures().join("clip_openai.safetensors")).unwrap();
+    state.kind = kind;
     let clip = Clip::from_state_dict(&state, Device::Cpu).unwrap();
+    assert_eq!(clip.vision.kind(), kind);
     let (params, _, config) = HeadClipParams::load(
         &fixtures().join(format!("params_{params}.safetensors")),
         &clip.config,
@@ -65,6 +71,19 @@ fn step_matches_reference(
         gradient_checkpointing,
     )
     .unwrap();
+    (terms, params)
+}
+
+/// One step of the fixture case `case` (its parameters are `params_<params>.safetensors`) with
+/// the given loss selection against the reference's `train.<case>.*` values.
+fn step_matches_reference(
+    case: &str,
+    params: &str,
+    terms: LossSelection,
+    gradient_checkpointing: bool,
+) {
+    let exp = expected();
+    let (terms, params) = fixture_step(Kind::Float, params, terms, gradient_checkpointing);
     let e = |k: &str| &exp[&format!("train.{case}.{k}")];
     let mut losses = vec![
         ("total", terms.total),
@@ -137,12 +156,7 @@ fn both_paths_gradient_with_checkpointing_matches() {
 /// the protocol's terms, through the cheap value–value gradient.
 #[test]
 fn joint_score_loss_gradient_matches() {
-    let exp = Tensor::read_safetensors(fixtures().join("expected.safetensors")).unwrap();
-    let weight = exp
-        .iter()
-        .find(|(k, _)| k == "train.joint.weight")
-        .map(|(_, t)| t.double_value(&[0]))
-        .expect("the fixture's joint-loss weight");
+    let weight = expected()["train.joint.weight"].double_value(&[0]);
     let terms = LossSelection {
         joint_weight: weight,
         ..protocol()
@@ -156,38 +170,8 @@ fn joint_score_loss_gradient_matches() {
 fn mixed_precision_step_stays_close(case: &str, params: &str, terms: LossSelection) {
     const LOSS_TOL: f64 = 1e-2;
     const GRAD_TOL: f64 = 0.05;
-    let exp: HashMap<String, Tensor> =
-        Tensor::read_safetensors(fixtures().join("expected.safetensors"))
-            .unwrap()
-            .into_iter()
-            .collect();
-    let mut state = load_state_dict(&fixtures().join("clip_openai.safetensors")).unwrap();
-    state.kind = Kind::BFloat16;
-    let clip = Clip::from_state_dict(&state, Device::Cpu).unwrap();
-    assert_eq!(clip.vision.kind(), Kind::BFloat16);
-    let (params, _, config) = HeadClipParams::load(
-        &fixtures().join(format!("params_{params}.safetensors")),
-        &clip.config,
-    )
-    .unwrap();
-    for (_, t) in trainable(&params) {
-        let _ = t.set_requires_grad(true);
-    }
-    let batch = Batch {
-        images: exp["images"].shallow_clone(),
-        labels: exp["train.labels"].to_kind(Kind::Int64),
-        masks: exp["train.masks"].shallow_clone(),
-    };
-    let got = loss_and_gradients(
-        &clip,
-        &ClipTokenizer::new(),
-        &config,
-        &params,
-        &batch,
-        terms,
-        false,
-    )
-    .unwrap();
+    let exp = expected();
+    let (got, params) = fixture_step(Kind::BFloat16, params, terms, false);
     let e = |k: &str| &exp[&format!("train.{case}.{k}")];
     for (name, value) in [
         ("total", got.total),
