@@ -327,3 +327,41 @@ fn bf16_training_runs_and_keeps_fp32_parameters() {
         std::fs::remove_file(dir.path().join("bf16.state.safetensors")).unwrap();
     }
 }
+
+/// Mixed precision resumes bit for bit too (same seed, same thread count).
+#[test]
+fn bf16_resumed_training_is_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = small_category(dir.path());
+    let data = format!("mvtec:{}", cat.display());
+    let bf16 = ["--precision", "bf16"];
+    let straight = dir.path().join("straight.safetensors");
+    let out = train(&data, &straight, &[&bf16[..], &["--epochs", "2"]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let resumed = dir.path().join("resumed.safetensors");
+    let out = train(&data, &resumed, &[&bf16[..], &["--epochs", "1"]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = train(
+        &data,
+        &resumed,
+        &[&bf16[..], &["--epochs", "2", "--resume"]].concat(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        tensors(&straight),
+        tensors(&resumed),
+        "bf16: resumed parameters differ from an uninterrupted run"
+    );
+}
