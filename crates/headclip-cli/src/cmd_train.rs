@@ -397,12 +397,6 @@ fn install_stop_handler() {
     }
 }
 
-/// Refuses a batch that would not fit in memory, before the first epoch. The estimate counts
-/// the tensors one step keeps alive, in units of one [B, N, D] fp32 token tensor: with `vv`, the
-/// value–value outputs of every two-path block, the read-out tokens and their gradients; with
-/// `both`, about 18 per block for autograd (measured: ViT-B/16 shapes, S = 512, batch 8 peaked
-/// at 6.4 GB, 3.3 GB with checkpointing), or with checkpointing two per two-path block plus one
-/// block's worth; and the S×S probability maps of each read-out layer.
 /// "loss T (ce C, focal F, dice D[, joint J])", the joint term only when it is trained.
 fn describe_loss(terms: &LossTerms, joint: bool) -> String {
     let mut text = format!(
@@ -415,6 +409,12 @@ fn describe_loss(terms: &LossTerms, joint: bool) -> String {
     text + ")"
 }
 
+/// Refuses a batch that would not fit in memory, before the first epoch. The estimate counts
+/// the tensors one step keeps alive, in units of one [B, N, D] fp32 token tensor: with `vv`, the
+/// value–value outputs of every two-path block, the read-out tokens and their gradients; with
+/// `both`, about 18 per block for autograd (measured: ViT-B/16 shapes, S = 512, batch 8 peaked
+/// at 6.4 GB, 3.3 GB with checkpointing), or with checkpointing two per two-path block plus one
+/// block's worth; and the S×S probability maps of each read-out layer.
 fn check_memory(trainer: &Trainer, batch: usize) -> Result<()> {
     let v = &trainer.clip.vision.config;
     let s = trainer.config.image_size as f64;
