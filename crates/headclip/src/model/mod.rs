@@ -188,10 +188,12 @@ impl HeadClip {
     /// Smoothing and the joint score, on the model's device; the maps then come to the CPU.
     pub fn finish(&self, out: &BatchOutput) -> Vec<ImageScore> {
         let _guard = tch::no_grad_guard();
-        let maps = out.layer_maps.mean_dim(1, false, Kind::Float);
-        let maps = scoring::gaussian_smooth(&maps, self.config.smoothing_sigma); // [B, S, S]
+        let (maps, pixel) = scoring::smoothed_map_and_pixel_score(
+            &out.layer_maps,
+            self.config.smoothing_sigma,
+            self.config.jas_top_fraction,
+        ); // [B, S, S], [B]
         let (b, side) = (maps.size()[0], maps.size()[1]);
-        let pixel = scoring::top_fraction_mean(&maps, self.config.jas_top_fraction);
         let to_vec = |t: &Tensor| -> Vec<f32> {
             Vec::try_from(
                 &t.to_kind(Kind::Float)

@@ -95,6 +95,18 @@ pub fn top_fraction_mean(maps: &Tensor, fraction: f64) -> Tensor {
     top.to_kind(Kind::Double).mean_dim(-1, false, Kind::Double)
 }
 
+/// The anomaly map and the pixel score from the per-layer maps [B, R, S, S]: their mean,
+/// smoothed with `sigma` → [B, S, S], and the mean of its top `fraction` → [B] (f64).
+pub fn smoothed_map_and_pixel_score(
+    layer_maps: &Tensor,
+    sigma: f64,
+    fraction: f64,
+) -> (Tensor, Tensor) {
+    let map = gaussian_smooth(&layer_maps.mean_dim(1, false, Kind::Float), sigma);
+    let pixel = top_fraction_mean(&map, fraction);
+    (map, pixel)
+}
+
 /// `s = (1 − λ)·s_g + λ·s_p`.
 pub fn joint_score(global: f32, pixel: f32, lambda: f64) -> f32 {
     ((1.0 - lambda) * global as f64 + lambda * pixel as f64) as f32

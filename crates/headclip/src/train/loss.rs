@@ -6,7 +6,7 @@
 use tch::{Kind, Reduction, Tensor};
 
 use crate::model::scoring::{
-    gaussian_smooth, layer_map, top_fraction_mean, two_class_probabilities, TAU,
+    layer_map, smoothed_map_and_pixel_score, two_class_probabilities, TAU,
 };
 use crate::model::ResolvedConfig;
 
@@ -95,9 +95,12 @@ pub fn joint_loss(
 ) -> Tensor {
     let global_score = two_class_probabilities(global, text).select(1, 1); // [B]
     let maps: Vec<Tensor> = probabilities.iter().map(layer_map).collect();
-    let map = Tensor::stack(&maps, 1).mean_dim(1, false, Kind::Float); // [B, S, S]
-    let smoothed = gaussian_smooth(&map, config.smoothing_sigma);
-    let pixel_score = top_fraction_mean(&smoothed, config.jas_top_fraction).to_kind(Kind::Float);
+    let (_, pixel_score) = smoothed_map_and_pixel_score(
+        &Tensor::stack(&maps, 1),
+        config.smoothing_sigma,
+        config.jas_top_fraction,
+    );
+    let pixel_score = pixel_score.to_kind(Kind::Float);
     let score = global_score * (1.0 - config.jas_lambda) + pixel_score * config.jas_lambda;
     score.binary_cross_entropy::<Tensor>(&labels.to_kind(Kind::Float), None, Reduction::Mean)
 }
