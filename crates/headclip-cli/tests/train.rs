@@ -68,6 +68,33 @@ fn train(data: &str, out: &Path, extra: &[&str]) -> Output {
     train_command(data, out, extra).output().unwrap()
 }
 
+/// Runs `headclip train`, failing the test unless it succeeds; returns what it logged.
+fn train_ok(data: &str, out: &Path, extra: &[&str]) -> String {
+    let output = train(data, out, extra);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{extra:?}: {stderr}");
+    stderr
+}
+
+/// Trains two epochs straight into `dir/straight.safetensors`, and one epoch then `--resume`
+/// to two into `dir/resumed.safetensors` (only complete epochs are ever saved), with `extra`
+/// options; asserts that both reach the same parameters bit for bit. Returns the straight path.
+fn assert_resume_is_bit_identical(dir: &Path, data: &str, extra: &[&str]) -> PathBuf {
+    let with = |more: &[&'static str]| [extra, more].concat();
+    let straight = dir.join("straight.safetensors");
+    train_ok(data, &straight, &with(&["--epochs", "2"]));
+    let resumed = dir.join("resumed.safetensors");
+    train_ok(data, &resumed, &with(&["--epochs", "1"]));
+    let stderr = train_ok(data, &resumed, &with(&["--epochs", "2", "--resume"]));
+    assert!(stderr.contains("resuming"), "{stderr}");
+    assert_eq!(
+        tensors(&straight),
+        tensors(&resumed),
+        "{extra:?}: resumed parameters differ from an uninterrupted run"
+    );
+    straight
+}
+
 fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -85,30 +112,7 @@ fn resumed_training_is_bit_identical_and_params_are_usable() {
     let dir = tempfile::tempdir().unwrap();
     let cat = small_category(dir.path());
     let data = format!("mvtec:{}", cat.display());
-
-    let straight = dir.path().join("straight.safetensors");
-    let out = train(&data, &straight, &["--epochs", "2"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    // Interrupted after epoch 1 (only complete epochs are ever saved), then resumed.
-    let resumed = dir.path().join("resumed.safetensors");
-    assert!(train(&data, &resumed, &["--epochs", "1"]).status.success());
-    let out = train(&data, &resumed, &["--epochs", "2", "--resume"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming"));
-    assert_eq!(
-        tensors(&straight),
-        tensors(&resumed),
-        "resumed parameters differ from an uninterrupted run"
-    );
+    let straight = assert_resume_is_bit_identical(dir.path(), &data, &[]);
 
     // The state file is separate from the deployable parameters.
     let names: Vec<String> = tensors(&straight).into_iter().map(|(k, _)| k).collect();
@@ -158,12 +162,7 @@ fn sigterm_mid_epoch_saves_state_and_resume_is_bit_identical() {
     let args = ["--epochs", "6"];
 
     let straight = dir.path().join("straight.safetensors");
-    let out = train(&data, &straight, &args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    train_ok(&data, &straight, &args);
 
     let stopped = dir.path().join("stopped.safetensors");
     let log = dir.path().join("stopped.losses.jsonl");
@@ -195,9 +194,7 @@ fn sigterm_mid_epoch_saves_state_and_resume_is_bit_identical() {
         "the parameters file should hold the last complete epoch, not {saved_epochs}"
     );
 
-    let out = train(&data, &stopped, &[&args[..], &["--resume"]].concat());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let stderr = train_ok(&data, &stopped, &[&args[..], &["--resume"]].concat());
     assert_eq!(
         tensors(&straight),
         tensors(&stopped),
@@ -220,15 +217,10 @@ fn bad_training_data_is_refused_before_compute() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("both classes are needed"));
-    let out = train(
+    train_ok(
         &format!("mvtec:{}", cat.display()),
         &dir.path().join("p.safetensors"),
         &["--epochs", "1", "--allow-single-class"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
 
     // Anomalous images without masks: refused, or global term only when allowed.
@@ -242,17 +234,12 @@ fn bad_training_data_is_refused_before_compute() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = train(
+    let stderr = train_ok(
         &data,
         &dir.path().join("q.safetensors"),
         &["--epochs", "1", "--allow-missing-masks"],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("global term only"));
+    assert!(stderr.contains("global term only"), "{stderr}");
 }
 
 /// `--joint-loss-weight`: the joint score's cross-entropy is trained and logged, weighted into
@@ -263,13 +250,11 @@ fn joint_loss_weight_adds_the_joint_term() {
     let cat = small_category(dir.path());
     let data = format!("mvtec:{}", cat.display());
     let out_path = dir.path().join("joint.safetensors");
-    let out = train(
+    let stderr = train_ok(
         &data,
         &out_path,
         &["--epochs", "1", "--joint-loss-weight", "0.5"],
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains(", joint "), "{stderr}");
     let log = std::fs::read_to_string(dir.path().join("joint.losses.jsonl")).unwrap();
     let batches: Vec<serde_json::Value> = log
@@ -310,13 +295,11 @@ fn bf16_training_runs_and_keeps_fp32_parameters() {
     let cat = small_category(dir.path());
     let out_path = dir.path().join("bf16.safetensors");
     for paths in ["vv", "both"] {
-        let out = train(
+        let stderr = train_ok(
             &format!("mvtec:{}", cat.display()),
             &out_path,
             &["--epochs", "1", "--precision", "bf16", "--lhw-paths", paths],
         );
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{paths}: {stderr}");
         assert!(stderr.contains("epoch 1/1"), "{stderr}");
         let bytes = std::fs::read(&out_path).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -334,34 +317,5 @@ fn bf16_resumed_training_is_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
     let cat = small_category(dir.path());
     let data = format!("mvtec:{}", cat.display());
-    let bf16 = ["--precision", "bf16"];
-    let straight = dir.path().join("straight.safetensors");
-    let out = train(&data, &straight, &[&bf16[..], &["--epochs", "2"]].concat());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let resumed = dir.path().join("resumed.safetensors");
-    let out = train(&data, &resumed, &[&bf16[..], &["--epochs", "1"]].concat());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = train(
-        &data,
-        &resumed,
-        &[&bf16[..], &["--epochs", "2", "--resume"]].concat(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        tensors(&straight),
-        tensors(&resumed),
-        "bf16: resumed parameters differ from an uninterrupted run"
-    );
+    assert_resume_is_bit_identical(dir.path(), &data, &["--precision", "bf16"]);
 }
