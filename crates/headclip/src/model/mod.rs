@@ -142,9 +142,8 @@ impl HeadClip {
 
     /// Global scores and per-layer maps for a batch of normalised images [B, 3, S, S].
     pub fn forward(&self, images: &Tensor, text_features: &Tensor) -> BatchOutput {
-        let images = images
-            .to_device(self.device())
-            .to_kind(self.clip.vision.kind());
+        // The patch embedding casts the images to the towers' precision.
+        let images = images.to_device(self.device());
         let weights = |block: usize, h: &Tensor| {
             self.params
                 .as_ref()
