@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generates the parity fixtures of the `metrics` room (crates/headclip/tests/fixtures/metrics/).
+"""Generates the parity fixtures of the `metrics` room (crates/headclip-metrics/tests/fixtures/).
 
 Run with the reference environment:
 
@@ -29,7 +29,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-OUT = pathlib.Path(__file__).resolve().parent.parent / "crates/headclip/tests/fixtures/metrics"
+OUT = pathlib.Path(__file__).resolve().parent.parent / "crates/headclip-metrics/tests/fixtures"
 FPR_LIMIT = 0.3
 STEPS = 200
 

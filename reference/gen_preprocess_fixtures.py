@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Expected pre-processing outputs from PIL, for crates/headclip/tests/preprocess.rs.
+"""Expected pre-processing outputs from PIL, for crates/headclip-data/tests/preprocess.rs.
 
 Run with the reference environment from the repository root:
 
     .venv-reference/bin/python reference/gen_preprocess_fixtures.py
 
 It reads real images in place from ../shared/data (override with HEADCLIP_SHARED_DATA), writes
-small generated inputs to crates/headclip/tests/fixtures/preprocess/gen/ (formats the shared data
+small generated inputs to crates/headclip-data/tests/fixtures/preprocess/gen/ (formats the shared data
 lacks: 16-bit PNG, CMYK JPEG, TIFF, grey+alpha, progressive JPEG with restart markers, ...), and
 writes for every case the pixels PIL produces to expected/ as lossless PNG, plus manifest.json.
 
@@ -40,7 +40,7 @@ import PIL
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "crates/headclip/tests/fixtures/preprocess"
+OUT = ROOT / "crates/headclip-data/tests/fixtures/preprocess"
 SHARED = Path(os.environ.get("HEADCLIP_SHARED_DATA", ROOT.parent / "shared/data"))
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 STD = np.array([0.26862954, 0.26130258, 0.27577711])

@@ -1,4 +1,4 @@
-"""Writes a tiny data set in VisA's exact layout to crates/headclip/tests/fixtures/visa/.
+"""Writes a tiny data set in VisA's exact layout to crates/headclip-data/tests/fixtures/visa/.
 
 VisA (Zou et al., ECCV 2022) as distributed with its split files:
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent / "crates/headclip/tests/fixtures/visa"
+ROOT = Path(__file__).resolve().parent.parent / "crates/headclip-data/tests/fixtures/visa"
 
 # object -> (size (w, h), train normals, test normals, anomalies as (defect label, regions))
 # where each region is (value, x0, y0, x1, y1) painted into the label map.

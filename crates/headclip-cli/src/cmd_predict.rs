@@ -9,9 +9,10 @@ use std::sync::mpsc::sync_channel;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use headclip::data::{self, DecodeLimits, RgbImage};
+use headclip_data::images::{self, DecodeLimits, RgbImage};
 use headclip::model::{HeadClip, ImageScore};
-use headclip::{viz, write_atomically};
+use headclip::write_atomically;
+use headclip_data::viz;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tch::Tensor;

@@ -73,7 +73,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use headclip::data::DecodeLimits;
+use headclip_data::images::DecodeLimits;
 
 use crate::engine::ModelArgs;
 

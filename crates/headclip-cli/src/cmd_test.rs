@@ -43,14 +43,14 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use headclip::data::DecodeLimits;
-use headclip::datasets::{self, DataSpec, Dataset, LoadOptions, DATA_SPEC_HELP};
+use headclip_data::images::DecodeLimits;
+use headclip_data::datasets::{self, DataSpec, Dataset, LoadOptions, DATA_SPEC_HELP};
 use headclip::eval::select::Instructive;
 use headclip::eval::{
     self, AuproVariants, CategoryDone, DatasetReport, EvalObserver, EvalOptions, ModelSummary,
     ObserverError, Report, ScoredImage, Timing,
 };
-use headclip::metrics::AUPRO_FPR_LIMIT;
+use headclip_metrics::AUPRO_FPR_LIMIT;
 use headclip::write_atomically;
 use indicatif::{ProgressBar, ProgressStyle};
 

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use headclip::data::{self, DecodeLimits};
-use headclip::datasets::{self, DataSpec, LoadOptions, Sample, DATA_SPEC_HELP};
+use headclip_data::images::{self, DecodeLimits};
+use headclip_data::datasets::{self, DataSpec, LoadOptions, Sample, DATA_SPEC_HELP};
 use headclip::model::{HeadClipConfig, LhwForm, LhwPaths, DEFAULT_DEEP_PROMPTS};
 use headclip::train::{LossSelection, LossTerms, TrainOptions, TrainSample, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};

@@ -159,7 +159,7 @@ fn bad_files_are_reported_and_the_rest_go_on() {
 
 #[test]
 fn every_supported_format_is_scored() {
-    let gen = repo().join("crates/headclip/tests/fixtures/preprocess/gen");
+    let gen = repo().join("crates/headclip-data/tests/fixtures/preprocess/gen");
     let files: Vec<String> = [
         "grey16.png",
         "rgb16.png",

@@ -275,7 +275,7 @@ fn evaluates_three_kinds_of_data_set_and_writes_every_output() {
     let bottle_rows: Vec<&Vec<String>> = srows[1..].iter().filter(|r| r[0] == "bottle").collect();
     let s: Vec<f32> = bottle_rows.iter().map(|r| r[5].parse().unwrap()).collect();
     let l: Vec<bool> = bottle_rows.iter().map(|r| r[3] == "1").collect();
-    let recomputed = headclip::metrics::image_metrics(&s, &l).unwrap();
+    let recomputed = headclip_metrics::image_metrics(&s, &l).unwrap();
     let in_json = &ds[0]["categories"][0]["metrics"];
     assert_eq!(recomputed.auroc, in_json["image_auroc"].as_f64());
     assert_eq!(recomputed.ap, in_json["image_ap"].as_f64());

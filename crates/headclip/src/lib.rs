@@ -4,12 +4,12 @@
 //! attention-head weights are adapted to the anomaly domain (arXiv 2505.22259), computed with
 //! libtorch through `tch`. The model follows `shared/docs/headclip-spec.md`.
 //!
-//! Rooms, in the order data flows through them:
-//! - [`data`]: decoding images and masks from bytes, PIL-exact resizing, normalisation.
+//! Rooms, in the order data flows through them (decoding, pre-processing, data sets, overlays
+//! and metrics need no libtorch and live in the crates `headclip-data` and `headclip-metrics`):
 //! - [`clip`]: CLIP itself (tokenizer, text and vision transformers, checkpoint formats).
 //! - [`model`]: HeadCLIP on top of CLIP: prompts, head weights, parameters file, scores and maps.
-//! - [`metrics`]: image- and pixel-level metrics of the evaluation protocol.
-//! - [`viz`]: heat-map overlays.
+//! - [`eval`]: the evaluation protocol over data sets.
+//! - [`train`]: learning the prompts and head weights.
 //! - [`weights`]: the official CLIP checkpoints, their checksums, and downloading them.
 //! - [`runtime`]: process-wide preparation of libtorch (deterministic kernels).
 //!
@@ -17,14 +17,10 @@
 //! what it is asked to read or write: that belongs to `headclip-cli`.
 
 pub mod clip;
-pub mod data;
-pub mod datasets;
 pub mod eval;
-pub mod metrics;
 pub mod model;
 pub mod runtime;
 pub mod train;
-pub mod viz;
 pub mod weights;
 
 /// Writes `bytes` to `path` so that readers see the old file or the whole new one, never a part:

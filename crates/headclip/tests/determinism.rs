@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 use headclip::clip::{load_state_dict, Clip};
-use headclip::data::{self, DecodeLimits};
+use headclip_data::images::{self, DecodeLimits};
 use headclip::model::HeadClipConfig;
 use headclip::train::{TrainOptions, TrainSample, Trainer};
 

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use headclip::clip::{load_state_dict, Clip};
-use headclip::data::{normalize_clip, RgbImage};
-use headclip::metrics::{image_metrics, PixelAccumulator};
+use headclip_data::images::{normalize_clip, RgbImage};
+use headclip_metrics::{image_metrics, PixelAccumulator};
 use headclip::model::{HeadClip, HeadClipConfig, HeadClipParams};
 use headclip::train::{LossSelection, TrainOptions, TrainSample, Trainer};
 use tch::{Device, Tensor};

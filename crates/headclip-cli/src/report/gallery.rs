@@ -9,14 +9,15 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use headclip::data::{self, DecodeLimits, RgbImage};
-use headclip::datasets::{Category, Dataset};
+use headclip_data::images::{self, DecodeLimits, RgbImage};
+use headclip_data::datasets::{Category, Dataset};
 use headclip::eval::curves::{image_curves, Curves, PixelHistogram};
 use headclip::eval::select::Pick;
 use headclip::eval::{
     AuproVariants, CategoryResult, DatasetResult, ImageRecord, MetricSet, ModelSummary,
 };
-use headclip::{viz, write_atomically};
+use headclip::write_atomically;
+use headclip_data::viz;
 
 use super::svg::{chart, Chart, Series};
 use super::{html_escape, percent};

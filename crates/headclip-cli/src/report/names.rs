@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use headclip::datasets::{Dataset, Sample};
+use headclip_data::datasets::{Dataset, Sample};
 
 /// A name made safe as one path component: letters, digits, `-`, `_`, `.` and spaces stay,
 /// anything else (separators, control characters) becomes `_`; a leading `.` (hidden files,

@@ -3,7 +3,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use headclip::data::DataError;
+use headclip_data::images::DataError;
 
 #[derive(Debug)]
 pub struct ApiError {

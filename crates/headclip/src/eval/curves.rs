@@ -4,7 +4,7 @@
 //! [`PixelHistogram`] of the category's map values ([`HISTOGRAM_BINS`] bins over [0, 1], where
 //! maps live), so that they cost a fixed amount of memory whatever the number of pixels; the
 //! pixel *metrics* never use it (they are exact, from
-//! [`PixelAccumulator`](crate::metrics::PixelAccumulator)). [`thin`] drops points closer than a
+//! [`PixelAccumulator`](headclip_metrics::PixelAccumulator)). [`thin`] drops points closer than a
 //! plotting resolution.
 
 /// Bins of a [`PixelHistogram`] over [0, 1].
@@ -183,7 +183,7 @@ pub fn area(points: &[(f64, f64)]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::image_metrics;
+    use headclip_metrics::image_metrics;
 
     #[test]
     fn image_roc_area_is_the_auroc() {

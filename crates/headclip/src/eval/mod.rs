@@ -5,7 +5,7 @@
 //! - [`evaluate`] runs the loop: images are decoded and pre-processed on worker threads ahead of
 //!   the model, scored in batches, and each category's metrics are computed as soon as its last
 //!   image is scored. Memory stays bounded by the category's pixel store
-//!   ([`PixelAccumulator`](crate::metrics::PixelAccumulator)); no map, image or tensor is kept
+//!   ([`PixelAccumulator`](headclip_metrics::PixelAccumulator)); no map, image or tensor is kept
 //!   beyond its batch. An [`EvalObserver`] sees every scored image (to save maps, report progress)
 //!   and every finished category (to draw curves and galleries).
 //! - [`CategoryResult`], [`DatasetResult`] and [`MetricSet`] hold the figures: every metric is an
@@ -28,8 +28,8 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::clip::ClipConfig;
-use crate::datasets::{DataKind, Dataset};
-use crate::metrics::{ImageMetrics, PixelMetrics};
+use headclip_data::datasets::{DataKind, Dataset};
+use headclip_metrics::{ImageMetrics, PixelMetrics};
 use crate::model::{HeadClip, PromptMode, ResolvedConfig};
 
 pub use run::{

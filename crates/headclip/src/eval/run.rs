@@ -9,9 +9,9 @@ use tch::Tensor;
 
 use super::curves::PixelHistogram;
 use super::{CategoryResult, DatasetResult, MetricSet};
-use crate::data::{self, DataError, DecodeLimits, Mask};
-use crate::datasets::{Category, Dataset, Sample};
-use crate::metrics::{image_metrics, MetricsError, PixelAccumulator};
+use headclip_data::images::{self, DataError, DecodeLimits, Mask};
+use headclip_data::datasets::{Category, Dataset, Sample};
+use headclip_metrics::{image_metrics, MetricsError, PixelAccumulator};
 use crate::model::{HeadClip, ImageScore};
 
 /// How [`evaluate`] runs.

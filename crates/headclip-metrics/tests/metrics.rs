@@ -1,10 +1,10 @@
-//! Parity of `headclip::metrics` with scikit-learn / scikit-image and the spec's two AUPRO
+//! Parity of `headclip_metrics` with scikit-learn / scikit-image and the spec's two AUPRO
 //! definitions, against fixtures from `reference/gen_metric_fixtures.py`; plus properties that
 //! need no fixture.
 
 use std::path::PathBuf;
 
-use headclip::metrics::{
+use headclip_metrics::{
     connected_components, image_metrics, ImageMetrics, MetricsError, PixelAccumulator, PixelMetrics,
 };
 use serde_json::Value;
@@ -13,7 +13,7 @@ const TOL: f64 = 1e-9;
 
 fn fixture(name: &str) -> Vec<Value> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/metrics")
+        .join("tests/fixtures")
         .join(name);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));

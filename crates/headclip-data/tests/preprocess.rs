@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use headclip::data::{
+use headclip_data::images::{
     decode_mask, decode_rgb, image_dimensions, is_image, normalize_clip, preprocess, read_mask,
     read_rgb, resize_bicubic, sniff_format, DataError, DecodeLimits, ImageFormat, RgbImage,
 };

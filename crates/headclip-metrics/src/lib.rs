@@ -1,3 +1,5 @@
+//! # headclip-metrics
+//!
 //! Image- and pixel-level metrics of the evaluation protocol (`headclip-spec.md`, "Evaluation"),
 //! exact: no binning, every distinct value is a threshold, ties move together.
 //!
@@ -13,7 +15,10 @@
 //! too few AUPRO points) is `None`: report it as absent, never as zero. No result is NaN.
 //!
 //! Parity with scikit-learn / scikit-image is tested against fixtures made by
-//! `reference/gen_metric_fixtures.py` (`crates/headclip/tests/metrics.rs`).
+//! `reference/gen_metric_fixtures.py` (`tests/metrics.rs`).
+//!
+//! Written by hand because they must match those libraries bit for bit on ties and limits.
+//! This crate must not depend on images, models or files: it takes numbers and labels.
 
 mod curve;
 mod label;

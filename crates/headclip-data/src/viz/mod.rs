@@ -4,7 +4,7 @@
 //! that colours compare across images: a normal image stays blue instead of showing its noise
 //! in red.
 
-use crate::data::{DataError, RgbImage};
+use crate::images::{DataError, RgbImage};
 
 /// Weight of the colour layer in [`overlay`].
 pub const OVERLAY_ALPHA: f32 = 0.5;
@@ -137,7 +137,7 @@ pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>, DataError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{decode_rgb, DecodeLimits};
+    use crate::images::{decode_rgb, DecodeLimits};
 
     fn grey(w: u32, h: u32) -> RgbImage {
         RgbImage::new(w, h, vec![128; (w * h * 3) as usize]).unwrap()

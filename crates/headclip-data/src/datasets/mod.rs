@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 pub use spec::{DataKind, DataSpec, Layout, SpecError, Split, Template, DATA_SPEC_HELP};
 
-use crate::data::DataError;
+use crate::images::DataError;
 
 /// One image of a data set.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use headclip::datasets::{
+use headclip_data::datasets::{
     load, load_str, DataKind, DataSpec, Dataset, DatasetError, DatasetWarning, Layout, LoadOptions,
     SpecError, DATA_SPEC_HELP,
 };
@@ -307,8 +307,8 @@ fn visa_fixture() {
             let raw = image::open(m).unwrap().to_luma8();
             let max = raw.pixels().map(|p| p.0[0]).max().unwrap();
             assert!((1..=2).contains(&max), "{}: max {max}", m.display());
-            let limits = headclip::data::DecodeLimits::default();
-            let mask = headclip::data::read_mask(m, 32, &limits).unwrap();
+            let limits = headclip_data::images::DecodeLimits::default();
+            let mask = headclip_data::images::read_mask(m, 32, &limits).unwrap();
             assert!(mask.values.iter().any(|&v| v > 0), "{}", m.display());
         }
     }

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::{DatasetError, DatasetWarning};
-use crate::data::{image_dimensions, sniff_format, DataError, ImageFormat};
+use crate::images::{image_dimensions, sniff_format, DataError, ImageFormat};
 
 /// Bytes read to recognise a format (every magic number fits).
 const SNIFF_BYTES: usize = 32;
