@@ -5,12 +5,14 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
+use headclip::detector::{load_clip, Detector};
 use headclip::model::HeadClipConfig;
 use headclip::train::{TrainOptions, TrainSample, Trainer};
+use headclip_data::images::PreparedImage;
 use tch::{Kind, Tensor};
 
 use crate::cmd_train::LhwPathsArg;
-use crate::engine::{load_clip, load_model, ModelArgs};
+use crate::engine::ModelArgs;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -51,27 +53,24 @@ pub fn run(args: BenchArgs) -> Result<i32> {
     {
         bail!("--lhw-paths and --gradient-checkpointing apply to --mode train only");
     }
-    // CUDA must be set up before the first libtorch call, which would otherwise settle on "no
+    // The spec sets CUDA up before the first libtorch call, which would otherwise settle on "no
     // CUDA" for the rest of the process.
-    crate::engine::parse_device(&args.model.device)?;
+    let spec = args.model.spec()?;
     tch::manual_seed(0);
     match args.mode {
         BenchMode::Infer => {
-            let model = load_model(&args.model)?;
-            let s = model.image_size();
-            let images = Tensor::randn(
-                [args.batch as i64, 3, s, s],
-                (Kind::Float, tch::Device::Cpu),
-            );
-            let device = model.device();
+            let detector = Detector::load(&spec)?;
+            let s = i64::from(detector.side());
+            let images: Vec<PreparedImage> = (0..args.batch).map(|_| random_image(s)).collect();
             time_steps(&args, || {
-                let scores = model.score(&images.to_device(device));
-                debug_assert_eq!(scores.len(), args.batch);
+                for result in detector.score(images.clone()) {
+                    result?;
+                }
                 Ok(())
             })
         }
         BenchMode::Train => {
-            let (clip, _) = load_clip(&args.model)?;
+            let clip = load_clip(&spec)?;
             let config = HeadClipConfig {
                 image_size: args.model.image_size,
                 lhw_paths: args.lhw_paths.into(),
@@ -109,6 +108,18 @@ pub fn run(args: BenchArgs) -> Result<i32> {
     }
 }
 
+/// Normal random pixels in the model's input layout, the same in every run (seeded above).
+fn random_image(side: i64) -> PreparedImage {
+    let pixels = Tensor::randn([3 * side * side], (Kind::Float, tch::Device::Cpu));
+    PreparedImage {
+        pixels: Vec::try_from(&pixels).unwrap_or_default(),
+        width: side as u32,
+        height: side as u32,
+        format: None,
+        original: None,
+    }
+}
+
 /// Runs `step` for the warm-up and the timed repetitions and prints the JSON line.
 fn time_steps(args: &BenchArgs, mut step: impl FnMut() -> Result<()>) -> Result<i32> {
     for _ in 0..args.warmup {
@@ -127,7 +138,7 @@ fn time_steps(args: &BenchArgs, mut step: impl FnMut() -> Result<()>) -> Result<
         "mode": format!("{:?}", args.mode).to_lowercase(),
         "batch": args.batch,
         "device": args.model.device,
-        "precision": args.model.precision,
+        "precision": args.model.precision.as_str(),
         "threads": tch::get_num_threads(),
         "ms_per_batch_median": median,
         "ms_per_batch_min": times[0],

@@ -1,23 +1,23 @@
 //! `headclip predict`: one JSON line per image on stdout, optional maps and overlays on disk.
 //!
-//! Decoding and pre-processing run on their own thread, ahead of the model, so that the CPU
-//! cores the model does not use are not idle. A file that cannot be read is reported on its own
+//! The library's detector streams the files: decoding runs on its own thread, ahead of the
+//! model. A file that cannot be read is reported on its own
 //! line and the run goes on; the exit status says whether any failed.
 
+use std::io::{self, Write};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::sync_channel;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use headclip_data::images::{self, DecodeLimits, RgbImage};
-use headclip::model::{HeadClip, ImageScore};
+use headclip::detector::{Detection, StreamFailure, StreamOptions};
 use headclip::write_atomically;
+use headclip_data::images::{self, DecodeLimits, ImageSource, PreparedImage, Preprocessor};
 use headclip_data::viz;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use tch::Tensor;
 
-use crate::engine::{load_model, ModelArgs};
+use crate::engine::{load_detector, ModelArgs};
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
@@ -97,48 +97,30 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-struct Prepared {
-    input: Input,
-    original: Option<RgbImage>,
-    width: u32,
-    height: u32,
-    pixels: Vec<f32>,
+/// Why an input has no result line.
+enum Failure {
+    /// Not an image, in a folder, with `--skip-non-images`: passed over quietly.
+    Skipped,
+    Failed(String),
+    /// Standard output's reader has gone.
+    ReaderGone,
 }
 
-enum Loaded {
-    Ready(Box<Prepared>),
-    Failed(Input, String),
-    Skipped(Input),
-}
-
-fn load(
-    input: Input,
-    side: u32,
-    limits: &DecodeLimits,
+/// Reads and pre-processes one input on a decoding worker.
+fn prepare(
+    preprocessor: &Preprocessor,
+    input: &Input,
     keep_original: bool,
     skip_non_images: bool,
-) -> Loaded {
-    let bytes = match std::fs::read(&input.path) {
-        Ok(b) => b,
-        Err(e) => return Loaded::Failed(input, format!("cannot read: {e}")),
-    };
-    if skip_non_images && input.from_folder && !bytes.is_empty() && !data::is_image(&bytes) {
-        return Loaded::Skipped(input);
+) -> Result<(PreparedImage, ()), Failure> {
+    let bytes =
+        std::fs::read(&input.path).map_err(|e| Failure::Failed(format!("cannot read: {e}")))?;
+    if skip_non_images && input.from_folder && !bytes.is_empty() && !images::is_image(&bytes) {
+        return Err(Failure::Skipped);
     }
-    match data::decode_rgb(&bytes, limits) {
-        Ok(img) => {
-            let pixels = data::preprocess(&img, side);
-            let (width, height) = (img.width, img.height);
-            let original = keep_original.then_some(img);
-            Loaded::Ready(Box::new(Prepared {
-                input,
-                original,
-                width,
-                height,
-                pixels,
-            }))
-        }
-        Err(e) => Loaded::Failed(input, e.to_string()),
+    match preprocessor.prepare(ImageSource::Bytes(bytes), keep_original) {
+        Ok(image) => Ok((image, ())),
+        Err(e) => Err(Failure::Failed(e.to_string())),
     }
 }
 
@@ -155,66 +137,75 @@ pub fn run(args: PredictArgs) -> Result<i32> {
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
         resolve_name_collisions(&mut inputs)?;
     }
-    let model = load_model(&args.model)?;
-    let side = model.image_size() as u32;
-    let limits = DecodeLimits {
+    let detector = load_detector(&args.model)?.with_limits(DecodeLimits {
         max_pixels: args.max_pixels,
-    };
-
+    });
     let progress = ProgressBar::new(inputs.len() as u64);
     progress.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} images, {per_sec}, eta {eta} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let (tx, rx) = sync_channel::<Loaded>(2 * args.batch_size);
+    let options = StreamOptions {
+        batch_size: args.batch_size,
+        workers: 1,
+    };
+    let preprocessor = *detector.preprocessor();
     let keep_original = args.out.is_some();
-    let skip = args.skip_non_images;
-    let mut failed = 0usize;
-    let mut scored = 0usize;
-    std::thread::scope(|scope| -> Result<()> {
-        scope.spawn(move || {
-            for input in inputs {
-                if tx
-                    .send(load(input, side, &limits, keep_original, skip))
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        });
-        let mut batch: Vec<Prepared> = Vec::with_capacity(args.batch_size);
-        let mut pending = rx.iter().peekable();
-        while let Some(item) = pending.next() {
-            match item {
-                Loaded::Ready(p) => batch.push(*p),
-                Loaded::Failed(input, message) => {
-                    failed += 1;
-                    report_failure(&progress, &input.path, &message);
-                    progress.inc(1);
-                }
-                Loaded::Skipped(input) => {
-                    tracing::debug!("skipping {} (not an image)", input.path.display());
-                    progress.inc(1);
-                }
-            }
-            if batch.len() == args.batch_size || (pending.peek().is_none() && !batch.is_empty()) {
-                let done = std::mem::take(&mut batch);
-                let scores = score_batch(&model, &done, side);
-                for (p, s) in done.iter().zip(scores) {
-                    match emit(p, &s, side, args.out.as_deref()) {
-                        Ok(()) => scored += 1,
-                        Err(e) => {
-                            failed += 1;
-                            report_failure(&progress, &p.input.path, &format!("{e:#}"));
+    let (mut scored, mut failed, mut reader_gone) = (0usize, 0usize, false);
+    detector.detect_stream(
+        &inputs,
+        &options,
+        |input| prepare(&preprocessor, input, keep_original, args.skip_non_images),
+        |i, result| {
+            let input = &inputs[i];
+            progress.inc(1);
+            let outcome = result
+                .map_err(|failure| match failure {
+                    StreamFailure::Prepare(f) => f,
+                    StreamFailure::Score(e) => Failure::Failed(e.to_string()),
+                })
+                .and_then(|(detection, ())| {
+                    emit(input, &detection, args.out.as_deref()).map_err(|e| {
+                        match e.downcast_ref::<io::Error>() {
+                            Some(io) if io.kind() == io::ErrorKind::BrokenPipe => {
+                                Failure::ReaderGone
+                            }
+                            _ => Failure::Failed(format!("{e:#}")),
                         }
-                    }
-                    progress.inc(1);
+                    })
+                });
+            let printed = match outcome {
+                Ok(()) => {
+                    scored += 1;
+                    Ok(())
                 }
+                Err(Failure::Skipped) => {
+                    tracing::debug!("skipping {} (not an image)", input.path.display());
+                    Ok(())
+                }
+                Err(Failure::Failed(message)) => {
+                    failed += 1;
+                    report_failure(&progress, &input.path, &message)
+                }
+                Err(Failure::ReaderGone) => Err(io::ErrorKind::BrokenPipe.into()),
+            };
+            match printed {
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    reader_gone = true;
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
             }
-        }
-        Ok(())
-    })?;
+        },
+    );
     progress.finish_and_clear();
+    if reader_gone {
+        return Ok(if failed > 0 {
+            crate::EXIT_SOME_FAILED
+        } else {
+            0
+        });
+    }
     tracing::info!("{scored} images scored, {failed} failed");
     Ok(if failed > 0 {
         crate::EXIT_SOME_FAILED
@@ -259,60 +250,57 @@ fn resolve_name_collisions(inputs: &mut [Input]) -> Result<()> {
     Ok(())
 }
 
-fn report_failure(progress: &ProgressBar, path: &Path, message: &str) {
+fn report_failure(progress: &ProgressBar, path: &Path, message: &str) -> io::Result<()> {
     progress.suspend(|| {
         eprintln!("error: {}: {message}", path.display());
-        println!("{}", json!({"path": path, "error": message}));
-    });
+        print_line(&json!({"path": path, "error": message}))
+    })
 }
 
-fn score_batch(model: &HeadClip, batch: &[Prepared], side: u32) -> Vec<ImageScore> {
-    let s = side as i64;
-    let flat: Vec<f32> = batch
-        .iter()
-        .flat_map(|p| p.pixels.iter().copied())
-        .collect();
-    let images = Tensor::from_slice(&flat).view([batch.len() as i64, 3, s, s]);
-    model.score(&images)
+/// One JSON line on stdout. A reader that has gone (`headclip predict … | head -1`) is an
+/// `io::Error` of kind `BrokenPipe`, which ends the run quietly, as Unix tools do.
+fn print_line(line: &serde_json::Value) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
 }
 
-fn emit(p: &Prepared, s: &ImageScore, side: u32, out: Option<&Path>) -> Result<()> {
-    let n = s.map.len() as f64;
-    let map_max = s.map.iter().copied().fold(f32::MIN, f32::max);
-    let map_mean = (s.map.iter().map(|&v| v as f64).sum::<f64>() / n) as f32;
+fn emit(input: &Input, d: &Detection, out: Option<&Path>) -> Result<()> {
     let mut line = json!({
-        "path": p.input.path,
-        "score": s.score,
-        "global_score": s.global_score,
-        "pixel_score": s.pixel_score,
-        "map_max": map_max,
-        "map_mean": map_mean,
-        "width": p.width,
-        "height": p.height,
+        "path": input.path,
+        "score": d.score,
+        "global_score": d.global_score,
+        "pixel_score": d.pixel_score,
+        "map_max": d.map_max,
+        "map_mean": d.map_mean,
+        "width": d.width,
+        "height": d.height,
     });
     if let Some(out) = out {
-        let base = out.join(&p.input.name);
+        let base = out.join(&input.name);
         if let Some(parent) = base.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let npy_path = with_suffix(&base, ".npy");
-        let map = ndarray::Array2::from_shape_vec((side as usize, side as usize), s.map.clone())?;
+        let npy_path = append_to_name(&base, ".npy");
+        let side = d.side as usize;
+        let map = ndarray::ArrayView2::from_shape((side, side), &d.map)?;
         let mut npy = Vec::new();
         ndarray_npy::WriteNpyExt::write_npy(&map, &mut npy)?;
         write_atomically(&npy_path, &npy)?;
-        let overlay_path = with_suffix(&base, "_overlay.png");
-        if let Some(original) = &p.original {
-            let overlay = viz::overlay(original, &s.map, side as usize);
+        let overlay_path = append_to_name(&base, "_overlay.png");
+        if let Some(overlay) = d.overlay() {
             write_atomically(&overlay_path, &viz::encode_png(&overlay)?)?;
         }
         line["map"] = json!(npy_path);
         line["overlay"] = json!(overlay_path);
     }
-    println!("{line}");
+    print_line(&line)?;
     Ok(())
 }
 
-fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
+/// `base` with `suffix` appended to its last component (`a/b` → `a/b.npy`); unlike
+/// `Path::with_extension` it keeps any dot already in the name.
+fn append_to_name(base: &Path, suffix: &str) -> PathBuf {
     let mut s = base.as_os_str().to_owned();
     s.push(suffix);
     PathBuf::from(s)

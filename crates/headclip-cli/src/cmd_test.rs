@@ -43,18 +43,18 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use headclip_data::images::DecodeLimits;
-use headclip_data::datasets::{self, DataSpec, Dataset, LoadOptions, DATA_SPEC_HELP};
 use headclip::eval::select::Instructive;
 use headclip::eval::{
     self, AuproVariants, CategoryDone, DatasetReport, EvalObserver, EvalOptions, ModelSummary,
     ObserverError, Report, ScoredImage, Timing,
 };
-use headclip_metrics::AUPRO_FPR_LIMIT;
 use headclip::write_atomically;
+use headclip_data::datasets::{self, DataSpec, Dataset, LoadOptions, DATA_SPEC_HELP};
+use headclip_data::images::DecodeLimits;
+use headclip_metrics::AUPRO_FPR_LIMIT;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::engine::{load_model, ModelArgs};
+use crate::engine::{load_detector, ModelArgs};
 use report::gallery::{self, SmallMap};
 use report::names;
 
@@ -406,9 +406,9 @@ pub fn run(args: TestArgs) -> Result<i32> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         tch::set_num_threads(cores.saturating_sub(decode_threads).max(1) as i32);
     }
-    let model = load_model(&args.model)?;
+    let detector = load_detector(&args.model)?.with_limits(limits);
     let model_load_seconds = model_started.elapsed().as_secs_f64();
-    let side = model.image_size() as usize;
+    let side = detector.side() as usize;
     let total: usize = datasets.iter().map(Dataset::len).sum();
 
     let progress = ProgressBar::new(total as u64);
@@ -453,10 +453,9 @@ pub fn run(args: TestArgs) -> Result<i32> {
     let options = EvalOptions {
         batch_size: args.batch_size,
         decode_threads,
-        limits,
         pixel_curves: args.pictures.is_some(),
     };
-    let evaluation = match eval::evaluate(&model, &datasets, &options, &mut observer) {
+    let evaluation = match eval::evaluate(&detector, &datasets, &options, &mut observer) {
         Ok(e) => e,
         Err(e) => {
             progress.abandon();
@@ -476,12 +475,7 @@ pub fn run(args: TestArgs) -> Result<i32> {
         write_file(&path, maps.rows.as_bytes())?;
         written.push(format!("{} maps and {}", total, path.display()));
     }
-    let summary = ModelSummary::new(
-        &model,
-        args.model.weights.clone(),
-        args.model.params.clone(),
-        &args.model.device,
-    );
+    let summary = ModelSummary::new(&detector);
     if let Some(dir) = &args.pictures {
         gallery::write_index(
             dir,

@@ -8,20 +8,23 @@
 //! or SIGKILL, stops at once, and the last checkpoint written is still intact.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use headclip_data::images::{self, DecodeLimits};
-use headclip_data::datasets::{self, DataSpec, LoadOptions, Sample, DATA_SPEC_HELP};
+use headclip::clip::Clip;
+use headclip::detector::load_clip;
 use headclip::model::{HeadClipConfig, LhwForm, LhwPaths, DEFAULT_DEEP_PROMPTS};
-use headclip::train::{LossSelection, LossTerms, TrainOptions, TrainSample, Trainer};
+use headclip::train::{
+    memory, CheckpointPolicy, EpochProgress, EpochRecord, LossSelection, LossTerms, RunFiles,
+    RunOutcome, TrainObserver, TrainOptions, TrainSet, TrainSetCounts, Trainer,
+};
+use headclip_data::datasets::{self, DataSpec, LoadOptions, Sample, DATA_SPEC_HELP};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::engine::{load_clip, ModelArgs};
+use crate::engine::ModelArgs;
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -116,33 +119,82 @@ impl From<LhwPathsArg> for LhwPaths {
     }
 }
 
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!("{stem}{suffix}"))
-}
-
 pub fn run(args: TrainArgs) -> Result<i32> {
     if args.batch_size == 0 || args.epochs == 0 {
         bail!("--batch-size and --epochs must be at least 1");
     }
-    let state_path = args
-        .state
-        .clone()
-        .unwrap_or_else(|| with_suffix(&args.out, ".state.safetensors"));
-    let log_path = args
-        .loss_log
-        .clone()
-        .unwrap_or_else(|| with_suffix(&args.out, ".losses.jsonl"));
-
+    if !(args.joint_loss_weight.is_finite() && args.joint_loss_weight >= 0.0) {
+        bail!(
+            "--joint-loss-weight must be a finite number ≥ 0, not {}",
+            args.joint_loss_weight
+        );
+    }
+    let files = run_files(&args);
     // Data first: every problem with it is reported before any compute.
+    let samples = load_samples(&args)?;
+    check_classes(TrainSetCounts::of(&samples), args.allow_single_class)?;
+    let spec = args.model.spec()?;
+    let clip = load_clip(&spec)?;
+    let mut trainer = trainer(&args, &clip, &files.state, &spec.weights)?;
+    let set = TrainSet::new(samples, trainer.config.image_size as u32);
+    trainer.options.loss = set.loss_selection(trainer.options.loss.joint_weight);
+    check_memory(&trainer)?;
+    tracing::info!(
+        "training on {} images ({} anomalous) at S = {}, epochs {}..={}, batch {}",
+        set.len(),
+        set.counts().anomalous,
+        trainer.config.image_size,
+        trainer.epochs_done + 1,
+        trainer.options.epochs,
+        trainer.options.batch_size
+    );
+    install_stop_handler();
+    let policy = CheckpointPolicy {
+        interval: (args.checkpoint_interval > 0)
+            .then(|| Duration::from_secs(args.checkpoint_interval)),
+    };
+    let mut progress = Progress::new(set.len(), &trainer, &files.params);
+    match trainer.run(&set, &files, policy, &STOP, &mut progress)? {
+        RunOutcome::Stopped { epoch, batch } => {
+            progress.bar.abandon();
+            eprintln!(
+                "stopped after batch {batch} of epoch {epoch}; the training state is saved in {} \
+                 (continue with --resume); {} holds the last complete epoch",
+                files.state.display(),
+                files.params.display()
+            );
+            Ok(130)
+        }
+        RunOutcome::Finished { skipped } => {
+            if !skipped.is_empty() {
+                eprintln!("{} unreadable files were skipped:", skipped.len());
+                for s in &skipped {
+                    eprintln!("  {s}");
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn run_files(args: &TrainArgs) -> RunFiles {
+    let mut files = RunFiles::beside(&args.out);
+    if let Some(state) = &args.state {
+        files.state = state.clone();
+    }
+    if let Some(log) = &args.loss_log {
+        files.loss_log = log.clone();
+    }
+    files
+}
+
+/// Every sample of every `--data`, checked on disk (no image decoded yet).
+fn load_samples(args: &TrainArgs) -> Result<Vec<Sample>> {
     let load_opts = LoadOptions {
         allow_missing_masks: args.allow_missing_masks,
         check_sizes: true,
     };
-    let mut samples: Vec<Sample> = Vec::new();
+    let mut samples = Vec::new();
     for spec in &args.data {
         let set = datasets::load(spec, &load_opts).with_context(|| format!("--data {spec}"))?;
         for w in &set.warnings {
@@ -150,38 +202,64 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         }
         samples.extend(set.categories.into_iter().flat_map(|c| c.samples));
     }
-    let anomalous = samples.iter().filter(|s| s.anomalous).count();
-    let normal = samples.len() - anomalous;
-    if (anomalous == 0 || normal == 0) && !args.allow_single_class {
-        bail!(
-            "the training data has {anomalous} anomalous and {normal} normal images: both classes are needed \
-             (pass --allow-single-class to train anyway)"
-        );
-    }
-    let missing_masks = samples
-        .iter()
-        .filter(|s| s.anomalous && s.mask.is_none())
-        .count();
-    if !(args.joint_loss_weight.is_finite() && args.joint_loss_weight >= 0.0) {
-        bail!(
-            "--joint-loss-weight must be a finite number ≥ 0, not {}",
-            args.joint_loss_weight
-        );
-    }
-    let loss = LossSelection {
-        global: true,
-        pixel: missing_masks == 0,
-        joint_weight: args.joint_loss_weight,
-    };
-    if missing_masks > 0 {
-        tracing::warn!(
-            "{missing_masks} anomalous images have no mask: training the global term only"
-        );
-    }
+    Ok(samples)
+}
 
-    let (clip, weights_path) = load_clip(&args.model)?;
-    let sha = headclip::weights::sha256_file(&weights_path)?;
-    let file_config = HeadClipConfig {
+fn check_classes(counts: TrainSetCounts, allow_single_class: bool) -> Result<()> {
+    if (counts.anomalous == 0 || counts.normal == 0) && !allow_single_class {
+        bail!(
+            "the training data has {} anomalous and {} normal images: both classes are needed \
+             (pass --allow-single-class to train anyway)",
+            counts.anomalous,
+            counts.normal
+        );
+    }
+    if counts.missing_masks > 0 {
+        tracing::warn!(
+            "{} anomalous images have no mask: training the global term only",
+            counts.missing_masks
+        );
+    }
+    Ok(())
+}
+
+/// A fresh trainer as the arguments say, or the one the state file holds with `--resume`.
+fn trainer<'c>(
+    args: &TrainArgs,
+    clip: &'c Clip,
+    state: &Path,
+    weights: &Path,
+) -> Result<Trainer<'c>> {
+    let sha = headclip::weights::sha256_file(weights)?;
+    let mut trainer = if args.resume && state.exists() {
+        resume(args, clip, state)?
+    } else {
+        if args.resume {
+            tracing::warn!("no training state at {}: starting afresh", state.display());
+        }
+        Trainer::new(
+            clip,
+            file_config(args, sha.clone()),
+            train_options(args),
+            args.deep_prompts,
+        )?
+    };
+    trainer.provenance = BTreeMap::from([
+        ("headclip.clip_sha256".to_string(), sha),
+        (
+            "headclip.data".to_string(),
+            args.data
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+    ]);
+    Ok(trainer)
+}
+
+fn file_config(args: &TrainArgs, clip_sha256: String) -> HeadClipConfig {
+    HeadClipConfig {
         readout: args.readout.clone(),
         dpam_start: args.dpam_start,
         lhw_form: match args.lhw_form {
@@ -194,185 +272,136 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         jas_lambda: args.jas_lambda,
         image_size: args.model.image_size,
         global_ln_post: args.global_ln_post,
-        clip_sha256: Some(sha.clone()),
+        clip_sha256: Some(clip_sha256),
         ..Default::default()
-    };
-    let options = TrainOptions {
+    }
+}
+
+fn train_options(args: &TrainArgs) -> TrainOptions {
+    TrainOptions {
         epochs: args.epochs,
         batch_size: args.batch_size,
         lr: args.lr,
         seed: args.seed,
-        loss,
+        loss: LossSelection {
+            joint_weight: args.joint_loss_weight,
+            ..Default::default()
+        },
         gradient_checkpointing: args.gradient_checkpointing,
         ..Default::default()
-    };
-    let mut trainer = if args.resume && state_path.exists() {
-        let mut t = Trainer::resume(&clip, &state_path)?;
-        // The run's length and how the backward pass is computed are as asked now; everything
-        // else comes from the state.
-        t.options.epochs = args.epochs;
-        t.options.gradient_checkpointing = args.gradient_checkpointing;
-        if t.options.seed != options.seed || t.options.batch_size != options.batch_size {
-            tracing::warn!(
-                "resuming with the state's seed {} and batch size {}",
-                t.options.seed,
-                t.options.batch_size
-            );
-        }
-        if t.options.loss.joint_weight != options.loss.joint_weight {
-            tracing::warn!(
-                "resuming with the state's joint-loss weight {}",
-                t.options.loss.joint_weight
-            );
-        }
-        tracing::info!(
-            "resuming {} after epoch {}",
-            state_path.display(),
-            t.epochs_done
+    }
+}
+
+/// The run in the state file. Its length and how the backward pass is computed are as asked
+/// now; everything else comes from the state.
+fn resume<'c>(args: &TrainArgs, clip: &'c Clip, state: &Path) -> Result<Trainer<'c>> {
+    let mut t = Trainer::resume(clip, state)?;
+    t.options.epochs = args.epochs;
+    t.options.gradient_checkpointing = args.gradient_checkpointing;
+    if t.options.seed != args.seed || t.options.batch_size != args.batch_size {
+        tracing::warn!(
+            "resuming with the state's seed {} and batch size {}",
+            t.options.seed,
+            t.options.batch_size
         );
-        t
-    } else {
-        if args.resume {
-            tracing::warn!(
-                "no training state at {}: starting afresh",
-                state_path.display()
-            );
+    }
+    if t.options.loss.joint_weight != args.joint_loss_weight {
+        tracing::warn!(
+            "resuming with the state's joint-loss weight {}",
+            t.options.loss.joint_weight
+        );
+    }
+    tracing::info!("resuming {} after epoch {}", state.display(), t.epochs_done);
+    Ok(t)
+}
+
+/// Refuses a batch that would not fit in memory, before the first epoch.
+fn check_memory(trainer: &Trainer) -> Result<()> {
+    let batch = trainer.options.batch_size;
+    let estimate = memory::estimate(trainer, batch);
+    let need_gb = estimate.bytes / 1e9;
+    tracing::info!("estimated memory per batch of {batch}: {need_gb:.1} GB");
+    let device = trainer.clip.text.device();
+    let Some(available) = estimate.available else {
+        tracing::info!("free memory on {device:?} unknown: not checked");
+        return Ok(());
+    };
+    if estimate.fits() {
+        return Ok(());
+    }
+    let hint = match estimate.bytes_with_checkpointing {
+        Some(bytes) if estimate.checkpointing_would_fit() => format!(
+            "pass --gradient-checkpointing (about {:.1} GB) or use a smaller --batch-size",
+            bytes / 1e9
+        ),
+        _ => "use a smaller --batch-size".to_string(),
+    };
+    bail!(
+        "a batch of {batch} needs about {need_gb:.1} GB, but only {:.1} GB is available on {device:?}: {hint}",
+        available / 1e9
+    )
+}
+
+/// The progress bar and the log lines of a run.
+struct Progress {
+    bar: ProgressBar,
+    total: usize,
+    epochs: usize,
+    joint: bool,
+    params: PathBuf,
+}
+
+impl Progress {
+    fn new(total: usize, trainer: &Trainer, params: &Path) -> Self {
+        Self {
+            bar: ProgressBar::hidden(),
+            total,
+            epochs: trainer.options.epochs,
+            joint: trainer.options.loss.joint_weight > 0.0,
+            params: params.to_path_buf(),
         }
-        Trainer::new(&clip, file_config, options, args.deep_prompts)?
-    };
-    let mut provenance = BTreeMap::new();
-    provenance.insert("headclip.clip_sha256".to_string(), sha);
-    provenance.insert(
-        "headclip.data".to_string(),
-        args.data
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join(" "),
-    );
-    trainer.provenance = provenance;
+    }
+}
 
-    let side = trainer.config.image_size as u32;
-    check_memory(&trainer, args.batch_size)?;
-    let limits = DecodeLimits::default();
-    let load = |i: usize| -> Result<TrainSample, String> {
-        let s = &samples[i];
-        let img = data::read_rgb(&s.image, &limits).map_err(|e| e.to_string())?;
-        let mask = match &s.mask {
-            Some(path) => {
-                let m = data::read_mask(path, side, &limits).map_err(|e| e.to_string())?;
-                if (m.original_width, m.original_height) != (img.width, img.height) {
-                    tracing::warn!(
-                        "{}: mask is {}×{}, image {}×{}; resized",
-                        path.display(),
-                        m.original_width,
-                        m.original_height,
-                        img.width,
-                        img.height
-                    );
-                }
-                m.values
-            }
-            None => vec![0; (side * side) as usize],
-        };
-        Ok(TrainSample {
-            image: data::preprocess(&img, side),
-            mask,
-            anomalous: s.anomalous,
-        })
-    };
-
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening the loss log {}", log_path.display()))?;
-    let mut skipped: Vec<String> = Vec::new();
-    let total_epochs = trainer.options.epochs;
-    let joint_on = trainer.options.loss.joint_weight > 0.0;
-    tracing::info!(
-        "training on {} images ({anomalous} anomalous) at S = {side}, epochs {}..={total_epochs}, batch {}",
-        samples.len(),
-        trainer.epochs_done + 1,
-        trainer.options.batch_size
-    );
-    install_stop_handler();
-    let checkpoint_every = Duration::from_secs(args.checkpoint_interval);
-    while trainer.epochs_done < total_epochs {
-        let epoch = trainer.epochs_done + 1;
-        let bar = ProgressBar::new(samples.len() as u64);
-        bar.set_style(
+impl TrainObserver for Progress {
+    fn epoch_started(&mut self, epoch: usize, progress: &EpochProgress) {
+        self.bar = ProgressBar::new(self.total as u64);
+        self.bar.set_style(
             ProgressStyle::with_template("epoch {prefix} {bar:25} {pos}/{len} {msg} eta {eta}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
-        bar.set_prefix(format!("{epoch}/{total_epochs}"));
-        if trainer.progress.batches_done > 0 {
+        self.bar.set_prefix(format!("{epoch}/{}", self.epochs));
+        if progress.batches_done > 0 {
             tracing::info!(
                 "epoch {epoch}: continuing after batch {}",
-                trainer.progress.batches_done
+                progress.batches_done
             );
-            bar.set_position((trainer.progress.samples + trainer.progress.skipped) as u64);
-            bar.reset_eta();
+            self.bar
+                .set_position((progress.samples + progress.skipped) as u64);
+            self.bar.reset_eta();
         }
-        let started = Instant::now();
-        let images_before = trainer.progress.samples;
-        let mut last_checkpoint = Instant::now();
-        let mut on_skip = |i: usize, message: &str| {
-            let path = samples[i].image.display().to_string();
-            bar.suspend(|| tracing::warn!("skipping {path}: {message}"));
-            skipped.push(format!("{path}: {message}"));
-        };
-        while let Some((n, terms)) = trainer.next_batch(samples.len(), &load, &mut on_skip)? {
-            bar.inc(n as u64);
-            bar.set_message(describe_loss(&terms, joint_on));
-            let batch = trainer.progress.batches_done;
-            let line =
-                serde_json::json!({"epoch": epoch, "batch": batch, "images": n, "loss": terms});
-            writeln!(log, "{line}")?;
-            let stopping = STOP.load(Ordering::SeqCst);
-            let due = !checkpoint_every.is_zero() && last_checkpoint.elapsed() >= checkpoint_every;
-            if stopping || due {
-                trainer.save_state(&state_path)?;
-                last_checkpoint = Instant::now();
-            }
-            if stopping {
-                bar.abandon();
-                eprintln!(
-                    "stopped after batch {batch} of epoch {epoch}; the training state is saved in {} \
-                     (continue with --resume); {} holds the last complete epoch",
-                    state_path.display(),
-                    args.out.display()
-                );
-                return Ok(130);
-            }
-        }
-        bar.finish_and_clear();
-        let record = trainer.finish_epoch()?;
-        trainer.save(&args.out, &state_path)?;
-        let seconds = started.elapsed().as_secs_f64();
-        let trained_now = record.samples - images_before;
-        let line = serde_json::json!({
-            "epoch": epoch, "summary": true, "loss": record.loss, "images": record.samples,
-            "skipped": record.skipped, "seconds": seconds,
-            "seconds_per_image": seconds / trained_now.max(1) as f64,
-        });
-        writeln!(log, "{line}")?;
+    }
+
+    fn batch_done(&mut self, images: usize, loss: &LossTerms) {
+        self.bar.inc(images as u64);
+        self.bar.set_message(describe_loss(loss, self.joint));
+    }
+
+    fn skipped(&mut self, image: &Path, message: &str) {
+        self.bar
+            .suspend(|| tracing::warn!("skipping {}: {message}", image.display()));
+    }
+
+    fn epoch_done(&mut self, record: &EpochRecord, seconds_per_image: f64) {
+        self.bar.finish_and_clear();
         tracing::info!(
-            "epoch {epoch}/{total_epochs}: {}, {:.2} s/image; saved {}",
-            describe_loss(&record.loss, joint_on),
-            seconds / trained_now.max(1) as f64,
-            args.out.display()
+            "epoch {}/{}: {}, {seconds_per_image:.2} s/image; saved {}",
+            record.epoch,
+            self.epochs,
+            describe_loss(&record.loss, self.joint),
+            self.params.display()
         );
     }
-    if !skipped.is_empty() {
-        skipped.sort();
-        skipped.dedup();
-        eprintln!("{} unreadable files were skipped:", skipped.len());
-        for s in &skipped {
-            eprintln!("  {s}");
-        }
-    }
-    Ok(0)
 }
 
 /// Set by the first SIGINT or SIGTERM: stop after the batch under way.
@@ -407,76 +436,4 @@ fn describe_loss(terms: &LossTerms, joint: bool) -> String {
         text += &format!(", joint {:.4}", terms.joint);
     }
     text + ")"
-}
-
-/// Refuses a batch that would not fit in memory, before the first epoch. The estimate counts
-/// the tensors one step keeps alive, in units of one [B, N, D] fp32 token tensor: with `vv`, the
-/// value–value outputs of every two-path block, the read-out tokens and their gradients; with
-/// `both`, about 18 per block for autograd (measured: ViT-B/16 shapes, S = 512, batch 8 peaked
-/// at 6.4 GB, 3.3 GB with checkpointing), or with checkpointing two per two-path block plus one
-/// block's worth; and the S×S probability maps of each read-out layer.
-fn check_memory(trainer: &Trainer, batch: usize) -> Result<()> {
-    let v = &trainer.clip.vision.config;
-    let s = trainer.config.image_size as f64;
-    let n = (s / v.patch as f64).powi(2) + 1.0;
-    let b = batch as f64;
-    let d = v.width as f64;
-    let blocks = (v.layers + 1 - trainer.config.dpam_start) as f64;
-    let readout = trainer.config.readout.len() as f64;
-    let tokens = b * n * d * 4.0;
-    let maps = readout * b * 2.0 * s * s * 4.0 * 6.0;
-    const PER_BLOCK_AUTOGRAD: f64 = 18.0;
-    let both_plain = v.layers as f64 * PER_BLOCK_AUTOGRAD * tokens + maps;
-    let both_checkpointed = (2.0 * blocks + PER_BLOCK_AUTOGRAD) * tokens + maps;
-    let bytes = match trainer.config.lhw_paths {
-        LhwPaths::Vv => blocks * tokens + readout * tokens * 4.0 + maps + 8.0 * tokens,
-        LhwPaths::Both if trainer.options.gradient_checkpointing => both_checkpointed,
-        LhwPaths::Both => both_plain,
-    };
-    let need_gb = bytes / 1e9;
-    tracing::info!("estimated memory per batch of {batch}: {need_gb:.1} GB");
-    let device = trainer.clip.text.device();
-    let Some(available) = available_memory(device).map(|a| a as f64 * 0.9) else {
-        tracing::info!("free memory on {device:?} unknown: not checked");
-        return Ok(());
-    };
-    if bytes > available {
-        let hint = if trainer.config.lhw_paths == LhwPaths::Both
-            && !trainer.options.gradient_checkpointing
-            && both_checkpointed <= available
-        {
-            format!(
-                "pass --gradient-checkpointing (about {:.1} GB) or use a smaller --batch-size",
-                both_checkpointed / 1e9
-            )
-        } else {
-            "use a smaller --batch-size".to_string()
-        };
-        bail!(
-            "a batch of {batch} needs about {need_gb:.1} GB, but only {:.1} GB is available on {device:?}: {hint}",
-            available / 0.9 / 1e9
-        );
-    }
-    Ok(())
-}
-
-/// Free memory where the step runs: MemAvailable for the CPU; for a CUDA device what
-/// `nvidia-smi` reports free (libtorch's C API does not expose cudaMemGetInfo).
-fn available_memory(device: tch::Device) -> Option<u64> {
-    if let tch::Device::Cuda(index) = device {
-        let out = std::process::Command::new("nvidia-smi")
-            .args([
-                "--query-gpu=memory.free",
-                "--format=csv,noheader,nounits",
-                &format!("--id={index}"),
-            ])
-            .output()
-            .ok()?;
-        let mib: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
-        return Some(mib * 1024 * 1024);
-    }
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }

@@ -247,7 +247,7 @@ fn training_free_mode_and_torchscript_weights() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("TrainingFree"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("training-free prompt ensemble"));
     assert!(lines(&out)[0]["score"].is_number());
 }
 

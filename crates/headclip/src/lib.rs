@@ -8,6 +8,7 @@
 //! and metrics need no libtorch and live in the crates `headclip-data` and `headclip-metrics`):
 //! - [`clip`]: CLIP itself (tokenizer, text and vision transformers, checkpoint formats).
 //! - [`model`]: HeadCLIP on top of CLIP: prompts, head weights, parameters file, scores and maps.
+//! - [`detector`]: the inspection pipeline every entry point uses: images in, scores and maps out.
 //! - [`eval`]: the evaluation protocol over data sets.
 //! - [`train`]: learning the prompts and head weights.
 //! - [`weights`]: the official CLIP checkpoints, their checksums, and downloading them.
@@ -17,6 +18,7 @@
 //! what it is asked to read or write: that belongs to `headclip-cli`.
 
 pub mod clip;
+pub mod detector;
 pub mod eval;
 pub mod model;
 pub mod runtime;

@@ -49,3 +49,22 @@ pub fn prepare() {
         }
     });
 }
+
+/// Loads libtorch's CUDA half, a separate library that the CPU build does not need at start-up;
+/// it registers its kernels when loaded, so it is loaded only when CUDA is asked for.
+pub fn load_cuda_backend() {
+    // The libtorch this crate was built against first, then the loader's search path
+    // (LD_LIBRARY_PATH), for a binary moved to a machine whose libtorch lives elsewhere.
+    let built = format!("{}/libtorch_cuda.so", env!("HEADCLIP_LIBTORCH_LIB"));
+    for candidate in [built.as_str(), "libtorch_cuda.so"] {
+        let Ok(path) = std::ffi::CString::new(candidate) else {
+            continue;
+        };
+        // SAFETY: dlopen with a valid C string; the handle is intentionally never closed.
+        let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+        if !handle.is_null() {
+            return;
+        }
+        tracing::debug!("could not load {candidate}");
+    }
+}

@@ -11,9 +11,9 @@ use std::path::Path;
 use std::process::Command;
 
 use headclip::clip::{load_state_dict, Clip};
-use headclip_data::images::{self, DecodeLimits};
 use headclip::model::HeadClipConfig;
 use headclip::train::{TrainOptions, TrainSample, Trainer};
+use headclip_data::images::{self, DecodeLimits};
 
 const CHILD: &str = "HEADCLIP_DETERMINISM_CHILD";
 const PROCESSES: usize = 40;
@@ -57,16 +57,16 @@ fn child_training_step() {
     ]
     .iter()
     .map(|name| {
-        let image = data::read_rgb(&bottle().join(format!("test/{name}.png")), &limits).unwrap();
+        let image = images::read_rgb(&bottle().join(format!("test/{name}.png")), &limits).unwrap();
         let anomalous = name.starts_with("broken");
         let mask = if anomalous {
             let path = bottle().join(format!("ground_truth/{name}_mask.png"));
-            data::read_mask(&path, SIDE, &limits).unwrap().values
+            images::read_mask(&path, SIDE, &limits).unwrap().values
         } else {
             vec![0; (SIDE * SIDE) as usize]
         };
         TrainSample {
-            image: data::preprocess(&image, SIDE),
+            image: images::preprocess(&image, SIDE),
             mask,
             anomalous,
         }

@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use headclip::clip::{load_state_dict, Clip};
-use headclip_data::images::{normalize_clip, RgbImage};
-use headclip_metrics::{image_metrics, PixelAccumulator};
 use headclip::model::{HeadClip, HeadClipConfig, HeadClipParams};
 use headclip::train::{LossSelection, TrainOptions, TrainSample, Trainer};
+use headclip_data::images::{normalize_clip, RgbImage};
+use headclip_metrics::{image_metrics, PixelAccumulator};
 use tch::{Device, Tensor};
 
 const SIDE: usize = 96;

@@ -64,7 +64,7 @@ fn check_case(model: &HeadClip, case: &str, exp: &HashMap<String, Tensor>) {
         &out.layer_maps,
         e("layer_maps"),
     );
-    let scores = model.finish(&out);
+    let scores = model.smooth_and_score(&out);
     let side = images.size()[3];
     let maps: Vec<f32> = scores.iter().flat_map(|s| s.map.clone()).collect();
     let maps = Tensor::from_slice(&maps).view([-1, side, side]);

@@ -9,14 +9,14 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use headclip_data::images::{self, DecodeLimits, RgbImage};
-use headclip_data::datasets::{Category, Dataset};
 use headclip::eval::curves::{image_curves, Curves, PixelHistogram};
 use headclip::eval::select::Pick;
 use headclip::eval::{
     AuproVariants, CategoryResult, DatasetResult, ImageRecord, MetricSet, ModelSummary,
 };
 use headclip::write_atomically;
+use headclip_data::datasets::{Category, Dataset};
+use headclip_data::images::{self, DecodeLimits, RgbImage};
 use headclip_data::viz;
 
 use super::svg::{chart, Chart, Series};
@@ -225,10 +225,10 @@ pub fn write_category(dir: &Path, page: CategoryPage<'_>, limits: &DecodeLimits)
             (None, true) => "anomalous".into(),
             (None, false) => "normal".into(),
         };
-        let img = data::read_rgb(&sample.image, limits).with_context(|| {
+        let img = images::read_rgb(&sample.image, limits).with_context(|| {
             format!("decoding {} again for the gallery", sample.image.display())
         })?;
-        let thumb = data::resize_bicubic(&img, THUMB);
+        let thumb = images::resize_bicubic(&img, THUMB);
         drop(img);
         let (map, side) = &pick.payload;
         let overlay = viz::overlay(&thumb, map, *side);
@@ -240,7 +240,7 @@ pub fn write_category(dir: &Path, page: CategoryPage<'_>, limits: &DecodeLimits)
         let mask_cell = if !with_masks {
             String::new()
         } else if let Some(mask_path) = &sample.mask {
-            let mask = data::read_mask(mask_path, THUMB, limits)
+            let mask = images::read_mask(mask_path, THUMB, limits)
                 .with_context(|| format!("decoding {} for the gallery", mask_path.display()))?;
             let mask_name = format!("{stem}_mask.png");
             write_atomically(&thumbs.join(&mask_name), &grey_png(&mask.values, THUMB)?)?;

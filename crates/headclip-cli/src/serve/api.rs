@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use headclip_data::images::{self, DecodeLimits, RgbImage};
+use headclip_data::images::{ImageSource, RgbImage};
 use headclip_data::viz;
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
@@ -440,28 +440,23 @@ enum OverlayOut {
 
 struct ImageResult {
     scored: Scored,
-    width: u32,
-    height: u32,
-    format: String,
-    map_max: f32,
-    map_mean: f32,
     overlay: OverlayOut,
 }
 
 impl ImageResult {
     fn to_json(&self, threshold: f32, started: Instant, file_name: Option<String>) -> Value {
-        let s = &self.scored.score;
+        let d = &self.scored.detection;
         let mut v = json!({
-            "score": s.score,
-            "global_score": s.global_score,
-            "pixel_score": s.pixel_score,
+            "score": d.score,
+            "global_score": d.global_score,
+            "pixel_score": d.pixel_score,
             "threshold": threshold,
-            "anomalous": s.score >= threshold,
-            "width": self.width,
-            "height": self.height,
-            "format": self.format,
-            "map_max": self.map_max,
-            "map_mean": self.map_mean,
+            "anomalous": d.score >= threshold,
+            "width": d.width,
+            "height": d.height,
+            "format": d.format.map(|f| f.to_string()).unwrap_or_default(),
+            "map_max": d.map_max,
+            "map_mean": d.map_mean,
             "batch_size": self.scored.batch_size,
             "queue_ms": round3(self.scored.queue_ms),
             "model_ms": round3(self.scored.model_ms),
@@ -483,14 +478,6 @@ fn round3(x: f64) -> f64 {
     (x * 1e3).round() / 1e3
 }
 
-struct Prepared {
-    original: Option<RgbImage>,
-    width: u32,
-    height: u32,
-    format: String,
-    pixels: Vec<f32>,
-}
-
 /// Decodes (on the blocking pool), queues for the model, and draws the overlay (blocking pool).
 async fn score_image(
     app: Arc<App>,
@@ -498,32 +485,18 @@ async fn score_image(
     overlay: OverlayMode,
     admitted: Admitted,
 ) -> Result<ImageResult, ApiError> {
-    let limits = DecodeLimits {
-        max_pixels: app.cfg.max_pixels,
-    };
-    let side = app.info.image_size;
+    let preprocessor = app.preprocessor;
     let keep_original = overlay != OverlayMode::None;
-    let prepared = tokio::task::spawn_blocking(move || -> Result<Prepared, ApiError> {
-        let img = data::decode_rgb(&bytes, &limits).map_err(|e| ApiError::from_data(&e))?;
-        let format = data::sniff_format(&bytes)
-            .map(|f| f.to_string())
-            .unwrap_or_default();
-        let pixels = data::preprocess(&img, side);
-        let (width, height) = (img.width, img.height);
-        Ok(Prepared {
-            original: keep_original.then_some(img),
-            width,
-            height,
-            format,
-            pixels,
-        })
+    let image = tokio::task::spawn_blocking(move || {
+        preprocessor.prepare(ImageSource::Bytes(bytes.to_vec()), keep_original)
     })
     .await
-    .map_err(|e| ApiError::internal(format!("decoding failed: {e}")))??;
+    .map_err(|e| ApiError::internal(format!("decoding failed: {e}")))?
+    .map_err(|e| ApiError::from_data(&e))?;
 
     let (reply, answer) = oneshot::channel();
     let job = Job {
-        pixels: prepared.pixels,
+        image,
         reply,
         enqueued: Instant::now(),
     };
@@ -538,45 +511,44 @@ async fn score_image(
         .await
         .map_err(|_| ApiError::internal("the model thread dropped the image"))?
         .map_err(ApiError::internal)?;
-
-    let map = &scored.score.map;
-    let map_max = map.iter().copied().fold(f32::MIN, f32::max);
-    let map_mean =
-        (map.iter().map(|&v| f64::from(v)).sum::<f64>() / map.len().max(1) as f64) as f32;
-    let overlay_out = match prepared.original {
-        None => OverlayOut::None,
-        Some(original) => {
-            let map = map.clone();
-            let png = tokio::task::spawn_blocking(move || {
-                viz::encode_png(&viz::overlay(&original, &map, side as usize))
-            })
-            .await
-            .map_err(|e| ApiError::internal(format!("drawing the overlay failed: {e}")))?
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-            if overlay == OverlayMode::Url {
-                match app.overlays.insert(png) {
-                    Some(id) => OverlayOut::Url(format!("/v1/overlays/{id}.png")),
-                    None => {
-                        return Err(ApiError::internal(
-                            "the overlay is larger than the overlay store",
-                        ))
-                    }
-                }
-            } else {
-                OverlayOut::Inline(base64::engine::general_purpose::STANDARD.encode(png))
-            }
-        }
-    };
+    let (scored, overlay_out) = with_overlay(&app, scored, overlay).await?;
     drop(admitted);
     Ok(ImageResult {
         scored,
-        width: prepared.width,
-        height: prepared.height,
-        format: prepared.format,
-        map_max,
-        map_mean,
         overlay: overlay_out,
     })
+}
+
+/// The overlay as asked: drawn on the blocking pool (the result goes there and back, with its
+/// image, without a copy), then inline or in the overlay store.
+async fn with_overlay(
+    app: &App,
+    scored: Scored,
+    overlay: OverlayMode,
+) -> Result<(Scored, OverlayOut), ApiError> {
+    if overlay == OverlayMode::None {
+        return Ok((scored, OverlayOut::None));
+    }
+    let (scored, png) = tokio::task::spawn_blocking(move || {
+        let png = scored.detection.overlay().map(|img| viz::encode_png(&img));
+        (scored, png)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("drawing the overlay failed: {e}")))?;
+    let png = match png {
+        Some(png) => png.map_err(|e| ApiError::internal(e.to_string()))?,
+        None => return Ok((scored, OverlayOut::None)),
+    };
+    let out = if overlay == OverlayMode::Url {
+        let id = app
+            .overlays
+            .insert(png)
+            .ok_or_else(|| ApiError::internal("the overlay is larger than the overlay store"))?;
+        OverlayOut::Url(format!("/v1/overlays/{id}.png"))
+    } else {
+        OverlayOut::Inline(base64::engine::general_purpose::STANDARD.encode(png))
+    };
+    Ok((scored, out))
 }
 
 /// `GET /v1/overlays/{id}.png`.
@@ -755,7 +727,7 @@ mod tests {
     #[test]
     fn colormap_legend_is_a_png() {
         let png = colormap_image().unwrap();
-        let img = data::decode_rgb(&png, &DecodeLimits::default()).unwrap();
+        let img = headclip_data::images::decode_rgb(&png, &Default::default()).unwrap();
         assert_eq!((img.width, img.height), (256, 16));
         assert_eq!(img.pixels[..3], viz::colormap(0.0));
         assert_eq!(img.pixels[255 * 3..256 * 3], viz::colormap(1.0));

@@ -26,9 +26,11 @@ use tokio::sync::Semaphore;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::engine::ModelArgs;
+use headclip::detector::ModelInfo;
+use headclip_data::images::{DecodeLimits, Preprocessor};
 use metrics::Metrics;
 use store::OverlayStore;
-use worker::{BatchConfig, ModelInfo, Submitter};
+use worker::{BatchConfig, Submitter};
 
 /// The server's settings (from `ServeArgs`).
 #[derive(Debug, Clone)]
@@ -55,6 +57,8 @@ const OVERLAY_MAX_BYTES: usize = 256 << 20;
 pub struct App {
     cfg: Config,
     info: ModelInfo,
+    /// The model's decode and pre-process stage, run on the blocking pool.
+    preprocessor: Preprocessor,
     submit: Submitter,
     /// One permit per image admitted; `--queue` in all.
     admission: Arc<Semaphore>,
@@ -110,7 +114,10 @@ pub fn run(cfg: Config, model: ModelArgs) -> Result<i32> {
         batch_wait: cfg.batch_wait,
         capacity: cfg.queue,
     };
-    let (info, submit, worker) = worker::start(model, batch, metrics.clone())?;
+    let limits = DecodeLimits {
+        max_pixels: cfg.max_pixels,
+    };
+    let (ready, submit, worker) = worker::start(model, limits, batch, metrics.clone())?;
 
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -127,7 +134,8 @@ pub fn run(cfg: Config, model: ModelArgs) -> Result<i32> {
         overlays: OverlayStore::new(cfg.overlay_ttl, OVERLAY_MAX_ENTRIES, OVERLAY_MAX_BYTES),
         colormap_png: api::colormap_image()?.into(),
         cfg,
-        info,
+        info: ready.info,
+        preprocessor: ready.preprocessor,
         submit,
         metrics,
     });
@@ -135,7 +143,7 @@ pub fn run(cfg: Config, model: ModelArgs) -> Result<i32> {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let router = router(app.clone())?;
         tracing::info!(
-            "serving {} (S = {}, {:?}) on http://{local}/ (max batch {}, queue {})",
+            "serving {} (S = {}, {}) on http://{local}/ (max batch {}, queue {})",
             app.info.model,
             app.info.image_size,
             app.info.mode,

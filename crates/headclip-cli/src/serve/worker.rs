@@ -5,7 +5,6 @@
 //! or `batch_wait` has passed since it started, whichever comes first. Images whose request has
 //! gone (client disconnected, timed out) are dropped before the model runs.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{
     sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError,
@@ -15,29 +14,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use headclip::model::{HeadClip, ImageScore};
-use tch::Tensor;
+use headclip::detector::{Detection, Detector, ModelInfo};
+use headclip_data::images::{DecodeLimits, PreparedImage, Preprocessor};
 use tokio::sync::oneshot;
 
 use super::metrics::Metrics;
-use crate::engine::{load_model, ModelArgs};
-
-/// What `/healthz` says about the model.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ModelInfo {
-    /// CLIP's architecture, e.g. `ViT-B/16`.
-    pub model: String,
-    /// The side S images are resized to.
-    pub image_size: u32,
-    /// `learned` (HeadCLIP parameters) or `training_free`.
-    pub mode: headclip::model::PromptMode,
-    /// Where the model runs.
-    pub device: String,
-}
+use crate::engine::{load_detector, ModelArgs};
 
 /// One image's result from the model.
 pub struct Scored {
-    pub score: ImageScore,
+    pub detection: Detection,
     /// Images in the batch this one was scored in.
     pub batch_size: usize,
     /// Time from entering the queue to the batch starting.
@@ -46,9 +32,9 @@ pub struct Scored {
     pub model_ms: f64,
 }
 
-/// One image waiting for the model: pre-processed pixels, CHW, S×S.
+/// One image waiting for the model.
 pub struct Job {
-    pub pixels: Vec<f32>,
+    pub image: PreparedImage,
     pub reply: oneshot::Sender<Result<Scored, String>>,
     pub enqueued: Instant,
 }
@@ -107,14 +93,22 @@ pub struct BatchConfig {
     pub capacity: usize,
 }
 
+/// The loaded model, as the handlers see it.
+pub struct Ready {
+    pub info: ModelInfo,
+    /// The model's decode and pre-process stage, run by the handlers.
+    pub preprocessor: Preprocessor,
+}
+
 /// Starts the thread, loads the model on it and returns once it is ready (or failed to load).
 pub fn start(
     args: ModelArgs,
+    limits: DecodeLimits,
     batch: BatchConfig,
     metrics: Arc<Metrics>,
-) -> Result<(ModelInfo, Submitter, Worker)> {
+) -> Result<(Ready, Submitter, Worker)> {
     let (tx, rx) = sync_channel::<Job>(batch.capacity.max(1));
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<ModelInfo>>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Ready>>();
     let stop = Arc::new(AtomicBool::new(false));
     let thread = {
         let stop = stop.clone();
@@ -124,43 +118,40 @@ pub fn start(
             .spawn(move || {
                 // Loaded here, not on the caller's thread: the model never changes threads, and
                 // libtorch's thread settings apply to the thread that runs it.
-                let model = match load_model(&args) {
-                    Ok(m) => m,
+                let detector = match load_detector(&args) {
+                    Ok(d) => d.with_limits(limits),
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
-                let info = ModelInfo {
-                    model: model.clip.config.name(),
-                    image_size: model.image_size() as u32,
-                    mode: model.mode,
-                    device: format!("{:?}", model.device()).to_lowercase(),
+                let ready = Ready {
+                    info: detector.info(),
+                    preprocessor: *detector.preprocessor(),
                 };
-                if ready_tx.send(Ok(info)).is_err() {
+                if ready_tx.send(Ok(ready)).is_err() {
                     return;
                 }
-                run_loop(&model, &rx, batch, &stop, &metrics);
+                run_loop(&detector, &rx, batch, &stop, &metrics);
             })?
     };
-    let info = ready_rx
+    let ready = ready_rx
         .recv()
         .map_err(|_| anyhow!("the model thread stopped while loading the model"))??;
     let worker = Worker {
         stop,
         thread: Some(thread),
     };
-    Ok((info, Submitter { tx, metrics }, worker))
+    Ok((ready, Submitter { tx, metrics }, worker))
 }
 
 fn run_loop(
-    model: &HeadClip,
+    detector: &Detector,
     rx: &Receiver<Job>,
     cfg: BatchConfig,
     stop: &AtomicBool,
     metrics: &Metrics,
 ) {
-    let side = model.image_size();
     let take = |job: Job, batch: &mut Vec<Job>| {
         metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
         if !job.reply.is_closed() {
@@ -199,53 +190,27 @@ fn run_loop(
             continue;
         }
         let started = Instant::now();
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| score(model, &batch, side)));
+        let (jobs, images): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|job| ((job.reply, job.enqueued), job.image))
+            .unzip();
+        let results = detector.score(images);
         let elapsed = started.elapsed();
-        let n = batch.len();
-        match result {
-            Ok(scores) if scores.len() == n => {
-                metrics.record_batch(n, elapsed);
-                for (job, score) in batch.into_iter().zip(scores) {
-                    let queue_ms = started.duration_since(job.enqueued).as_secs_f64() * 1e3;
-                    let _ = job.reply.send(Ok(Scored {
-                        score,
-                        batch_size: n,
-                        queue_ms,
-                        model_ms: elapsed.as_secs_f64() * 1e3,
-                    }));
-                }
-            }
-            other => {
-                let message = match other {
-                    Ok(scores) => {
-                        format!("the model returned {} results for {n} images", scores.len())
-                    }
-                    Err(panic) => panic_message(&panic),
-                };
-                tracing::error!("scoring a batch of {n} failed: {message}");
-                for job in batch {
-                    let _ = job.reply.send(Err(format!("the model failed: {message}")));
-                }
-            }
+        let n = jobs.len();
+        metrics.record_batch(n, elapsed);
+        for ((reply, enqueued), result) in jobs.into_iter().zip(results) {
+            let answer = result
+                .map(|detection| Scored {
+                    detection,
+                    batch_size: n,
+                    queue_ms: started.duration_since(enqueued).as_secs_f64() * 1e3,
+                    model_ms: elapsed.as_secs_f64() * 1e3,
+                })
+                .map_err(|e| {
+                    tracing::error!("scoring an image failed: {e}");
+                    e.to_string()
+                });
+            let _ = reply.send(answer);
         }
-    }
-}
-
-fn score(model: &HeadClip, batch: &[Job], side: i64) -> Vec<ImageScore> {
-    let flat: Vec<f32> = batch
-        .iter()
-        .flat_map(|j| j.pixels.iter().copied())
-        .collect();
-    let images = Tensor::from_slice(&flat).view([batch.len() as i64, 3, side, side]);
-    model.score(&images)
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic".into()
     }
 }

@@ -9,8 +9,9 @@
 //!    Pillow 13.
 //! 3. [`normalize_clip`]: scale to [0, 1], normalise with CLIP's mean and std, lay out as CHW.
 //!
-//! [`preprocess`] chains 2 and 3. Masks go through [`decode_mask`]. The `read_*` helpers take a
-//! path and name it in their errors.
+//! [`preprocess`] chains 2 and 3, and [`Preprocessor::prepare`] all three for a file, encoded
+//! bytes or decoded pixels: the stage every entry point shares. Masks go through
+//! [`decode_mask`]. The `read_*` helpers take a path and name it in their errors.
 //!
 //! JPEGs decode with libjpeg-turbo's arithmetic (see `jpeg.rs`), so they match PIL too. Nothing
 //! here depends on libtorch.
@@ -18,12 +19,14 @@
 mod decode;
 mod jpeg;
 mod mask;
+mod prepare;
 mod resize;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use mask::Mask;
+pub use prepare::{ImageSource, PreparedImage, Preprocessor};
 
 /// CLIP's per-channel mean, for RGB in [0, 1].
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
@@ -68,7 +71,8 @@ impl RgbImage {
         Ok(img)
     }
 
-    fn check(&self) -> Result<(), DataError> {
+    /// Whether the pixels match the size.
+    pub fn check(&self) -> Result<(), DataError> {
         let want = self.width as usize * self.height as usize * 3;
         if self.pixels.len() != want {
             return Err(DataError::InvalidArgument(format!(

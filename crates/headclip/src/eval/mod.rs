@@ -28,9 +28,10 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::clip::ClipConfig;
+use crate::detector::{device_name, Detector};
+use crate::model::{PromptMode, ResolvedConfig};
 use headclip_data::datasets::{DataKind, Dataset};
 use headclip_metrics::{ImageMetrics, PixelMetrics};
-use crate::model::{HeadClip, PromptMode, ResolvedConfig};
 
 pub use run::{
     evaluate, CategoryDone, EvalError, EvalObserver, EvalOptions, Evaluation, ImageRecord,
@@ -317,19 +318,15 @@ pub struct ModelSummary {
 }
 
 impl ModelSummary {
-    /// Describes `model`, loaded from `weights` (and `params`) onto `device`.
-    pub fn new(
-        model: &HeadClip,
-        weights: Option<PathBuf>,
-        params: Option<PathBuf>,
-        device: &str,
-    ) -> Self {
+    /// Describes the detector's model and what it was loaded from.
+    pub fn new(detector: &Detector) -> Self {
+        let model = detector.model();
         ModelSummary {
-            weights,
-            params,
+            weights: Some(detector.weights_path().to_path_buf()),
+            params: detector.params_path().cloned(),
             architecture: model.clip.config.name(),
             mode: model.mode,
-            device: device.to_string(),
+            device: device_name(model.device()),
             image_size: model.image_size(),
             config: model.config.clone(),
             clip: model.clip.config.clone(),

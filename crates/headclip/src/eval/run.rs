@@ -2,17 +2,16 @@
 //! category, compute metrics when a category ends.
 
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::Instant;
 
-use tch::Tensor;
+use std::ops::ControlFlow;
 
 use super::curves::PixelHistogram;
 use super::{CategoryResult, DatasetResult, MetricSet};
-use headclip_data::images::{self, DataError, DecodeLimits, Mask};
+use crate::detector::{DetectError, Detection, Detector, StreamFailure, StreamOptions};
 use headclip_data::datasets::{Category, Dataset, Sample};
+use headclip_data::images::{self, DataError, DecodeLimits, ImageSource, Mask};
 use headclip_metrics::{image_metrics, MetricsError, PixelAccumulator};
-use crate::model::{HeadClip, ImageScore};
 
 /// How [`evaluate`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,8 +20,6 @@ pub struct EvalOptions {
     pub batch_size: usize,
     /// Threads that decode and pre-process images ahead of the model (at least 1).
     pub decode_threads: usize,
-    /// Refuse images and masks larger than this before decoding them.
-    pub limits: DecodeLimits,
     /// Fill a [`PixelHistogram`] per category with masks, for pixel-level curves
     /// ([`CategoryDone::pixel_histogram`]).
     pub pixel_curves: bool,
@@ -33,7 +30,6 @@ impl Default for EvalOptions {
         EvalOptions {
             batch_size: 1,
             decode_threads: 1,
-            limits: DecodeLimits::default(),
             pixel_curves: false,
         }
     }
@@ -52,6 +48,14 @@ pub enum EvalError {
         path: PathBuf,
         /// Why.
         error: DataError,
+    },
+    /// The model gave no usable result for an image (a non-finite score, say).
+    #[error("{}: {error}", image.display())]
+    Score {
+        /// The image.
+        image: PathBuf,
+        /// Why.
+        error: DetectError,
     },
     /// A score or map value was not finite, or a map and mask disagreed in size.
     #[error("{}: {error}", image.display())]
@@ -97,11 +101,9 @@ pub struct ScoredImage<'a> {
     /// The sample.
     pub sample: &'a Sample,
     /// Its scores and S×S map.
-    pub score: &'a ImageScore,
+    pub score: &'a Detection,
     /// Its S×S mask, where pixel metrics are computed and the sample has a mask file.
     pub mask: Option<&'a Mask>,
-    /// The image's width and height as decoded.
-    pub image_size: (u32, u32),
 }
 
 /// A category just finished, as an [`EvalObserver`] sees it.
@@ -154,41 +156,25 @@ pub struct Evaluation {
     pub metrics_seconds: f64,
 }
 
-/// A decoded, pre-processed sample on its way to the model.
-struct Decoded {
-    pixels: Vec<f32>,
-    mask: Option<Mask>,
-    size: (u32, u32),
-}
-
 /// Position of a sample: (data set, category, sample).
 type Position = (usize, usize, usize);
 
-fn decode(
+/// The image's S×S mask, where the category's pixel metrics need one and the sample has it.
+fn read_mask_for(
+    category: &Category,
     sample: &Sample,
-    want_mask: bool,
     side: u32,
     limits: &DecodeLimits,
-) -> Result<Decoded, EvalError> {
-    let img = data::read_rgb(&sample.image, limits).map_err(|error| EvalError::Data {
-        path: sample.image.clone(),
-        error,
-    })?;
-    let size = (img.width, img.height);
-    let pixels = data::preprocess(&img, side);
-    drop(img);
-    let mask = match (&sample.mask, want_mask) {
-        (Some(path), true) => {
-            Some(
-                data::read_mask(path, side, limits).map_err(|error| EvalError::Data {
-                    path: path.clone(),
-                    error,
-                })?,
-            )
-        }
-        _ => None,
-    };
-    Ok(Decoded { pixels, mask, size })
+) -> Result<Option<Mask>, EvalError> {
+    match (&sample.mask, category.pixel_metrics_defined()) {
+        (Some(path), true) => images::read_mask(path, side, limits)
+            .map(Some)
+            .map_err(|error| EvalError::Data {
+                path: path.clone(),
+                error,
+            }),
+        _ => Ok(None),
+    }
 }
 
 /// The category being scored.
@@ -212,7 +198,7 @@ struct Current {
 /// The first image or mask that cannot be decoded, a non-finite score or map value, or an
 /// observer's error stops the evaluation; no partial figures are returned.
 pub fn evaluate(
-    model: &HeadClip,
+    detector: &Detector,
     datasets: &[Dataset],
     options: &EvalOptions,
     observer: &mut dyn EvalObserver,
@@ -226,7 +212,7 @@ pub fn evaluate(
         ));
     }
     let started = Instant::now();
-    let side = model.image_size() as u32;
+    let side = detector.side();
     let positions: Vec<Position> = datasets
         .iter()
         .enumerate()
@@ -237,115 +223,98 @@ pub fn evaluate(
                 .flat_map(move |(c, cat)| (0..cat.samples.len()).map(move |s| (d, c, s)))
         })
         .collect();
-    let workers = options.decode_threads.min(positions.len().max(1));
-    let ahead = (2 * options.batch_size).div_ceil(workers).max(1);
-    let limits = options.limits;
-
-    std::thread::scope(|scope| {
-        // Worker w decodes positions w, w + n, w + 2n, ...; reading the channels round-robin
-        // restores the order.
-        let receivers: Vec<Receiver<Result<Decoded, EvalError>>> = (0..workers)
-            .map(|w| {
-                let (tx, rx) = sync_channel(ahead);
-                let positions = &positions;
-                scope.spawn(move || {
-                    for &(d, c, s) in positions.iter().skip(w).step_by(workers) {
-                        let category = &datasets[d].categories[c];
-                        let item = decode(
-                            &category.samples[s],
-                            category.pixel_metrics_defined(),
-                            side,
-                            &limits,
-                        );
-                        let failed = item.is_err();
-                        if tx.send(item).is_err() || failed {
-                            break;
-                        }
-                    }
-                });
-                rx
-            })
-            .collect();
-        let mut state = Loop {
-            model,
-            datasets,
-            options,
-            observer,
-            current: None,
-            results: datasets.iter().map(|_| Vec::new()).collect(),
-            model_seconds: 0.0,
-            metrics_seconds: 0.0,
-        };
-        let mut batch: Vec<(Position, Decoded)> = Vec::with_capacity(options.batch_size);
-        for (i, &position) in positions.iter().enumerate() {
-            let item = receivers[i % workers].recv().map_err(|_| {
-                EvalError::Options("a decoding thread stopped unexpectedly".into())
-            })??;
-            batch.push((position, item));
-            if batch.len() == options.batch_size || i + 1 == positions.len() {
-                state.score_batch(std::mem::take(&mut batch), side)?;
+    let stream = StreamOptions {
+        batch_size: options.batch_size,
+        workers: options.decode_threads,
+    };
+    let preprocessor = *detector.preprocessor();
+    let prepare = |&(d, c, s): &Position| {
+        let category = &datasets[d].categories[c];
+        let sample = &category.samples[s];
+        let image = preprocessor
+            .prepare(ImageSource::Path(sample.image.clone()), false)
+            .map_err(|error| EvalError::Data {
+                path: sample.image.clone(),
+                error: unwrap_file_error(error),
+            })?;
+        Ok((
+            image,
+            read_mask_for(category, sample, side, &preprocessor.limits)?,
+        ))
+    };
+    let mut state = Loop {
+        datasets,
+        options,
+        observer,
+        current: None,
+        results: datasets.iter().map(|_| Vec::new()).collect(),
+        metrics_seconds: 0.0,
+        side,
+    };
+    let mut failure = None;
+    let stats = detector.detect_stream(&positions, &stream, prepare, |i, result| {
+        let scored = result.map_err(|failure| match failure {
+            StreamFailure::Prepare(e) => e,
+            StreamFailure::Score(error) => {
+                let (d, c, s) = positions[i];
+                EvalError::Score {
+                    image: datasets[d].categories[c].samples[s].image.clone(),
+                    error,
+                }
+            }
+        });
+        match scored.and_then(|(detection, mask)| state.add(positions[i], detection, mask)) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                failure = Some(e);
+                ControlFlow::Break(())
             }
         }
-        state.finish_category()?;
-        let Loop {
-            results,
-            model_seconds,
-            metrics_seconds,
-            ..
-        } = state;
-        let datasets = datasets
-            .iter()
-            .zip(results)
-            .map(|(ds, cats)| DatasetResult::new(ds, cats))
-            .collect();
-        Ok(Evaluation {
-            datasets,
-            images: positions.len(),
-            seconds: started.elapsed().as_secs_f64(),
-            model_seconds,
-            metrics_seconds,
-        })
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    state.finish_category()?;
+    let datasets = datasets
+        .iter()
+        .zip(state.results)
+        .map(|(ds, cats)| DatasetResult::new(ds, cats))
+        .collect();
+    Ok(Evaluation {
+        datasets,
+        images: positions.len(),
+        seconds: started.elapsed().as_secs_f64(),
+        model_seconds: stats.model_seconds,
+        metrics_seconds: state.metrics_seconds,
     })
 }
 
+/// The evaluation names the file itself; the inner error says what is wrong with it.
+fn unwrap_file_error(error: DataError) -> DataError {
+    match error {
+        DataError::File { error, .. } => *error,
+        other => other,
+    }
+}
+
 struct Loop<'a, 'o> {
-    model: &'a HeadClip,
     datasets: &'a [Dataset],
     options: &'a EvalOptions,
     observer: &'o mut dyn EvalObserver,
     current: Option<Current>,
     results: Vec<Vec<CategoryResult>>,
-    model_seconds: f64,
     metrics_seconds: f64,
+    side: u32,
 }
 
 impl Loop<'_, '_> {
-    fn score_batch(&mut self, batch: Vec<(Position, Decoded)>, side: u32) -> Result<(), EvalError> {
-        let s = side as i64;
-        let t = Instant::now();
-        let scores = {
-            let mut flat = Vec::with_capacity(batch.len() * batch[0].1.pixels.len());
-            for (_, d) in &batch {
-                flat.extend_from_slice(&d.pixels);
-            }
-            let images = Tensor::from_slice(&flat).view([batch.len() as i64, 3, s, s]);
-            drop(flat);
-            self.model.score(&images)
-        };
-        self.model_seconds += t.elapsed().as_secs_f64();
-        for ((position, decoded), score) in batch.into_iter().zip(scores) {
-            self.add(position, decoded, score, side)?;
-        }
-        Ok(())
-    }
-
     fn add(
         &mut self,
         (d, c, s): Position,
-        decoded: Decoded,
-        score: ImageScore,
-        side: u32,
+        score: Detection,
+        mask: Option<Mask>,
     ) -> Result<(), EvalError> {
+        let side = self.side;
         if self.current.as_ref().map(|cur| cur.position) != Some((d, c)) {
             self.finish_category()?;
             let category = &self.datasets[d].categories[c];
@@ -368,34 +337,22 @@ impl Loop<'_, '_> {
         let category = &dataset.categories[c];
         let sample = &category.samples[s];
         let cur = self.current.as_mut().expect("a current category");
-        if !score.score.is_finite() {
-            return Err(EvalError::Metrics {
-                image: sample.image.clone(),
-                error: MetricsError::NonFinite {
-                    what: "score",
-                    index: 0,
-                },
-            });
-        }
         if let Some(acc) = cur.pixels.as_mut() {
             let zeros;
-            let mask: &[u8] = match &decoded.mask {
+            let values: &[u8] = match &mask {
                 Some(m) => &m.values,
                 None => {
                     zeros = vec![0u8; score.map.len()];
                     &zeros
                 }
             };
-            acc.add(&score.map, mask)
+            acc.add(&score.map, values)
                 .map_err(|error| EvalError::Metrics {
                     image: sample.image.clone(),
                     error,
                 })?;
             if let Some(h) = cur.histogram.as_mut() {
-                h.add(
-                    &score.map,
-                    decoded.mask.as_ref().map(|m| m.values.as_slice()),
-                );
+                h.add(&score.map, mask.as_ref().map(|m| m.values.as_slice()));
             }
         }
         cur.records.push(ImageRecord {
@@ -412,8 +369,7 @@ impl Loop<'_, '_> {
             sample_index: s,
             sample,
             score: &score,
-            mask: decoded.mask.as_ref(),
-            image_size: decoded.size,
+            mask: mask.as_ref(),
         };
         self.observer.image(&seen).map_err(EvalError::Observer)
     }

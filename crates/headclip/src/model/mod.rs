@@ -15,6 +15,8 @@ pub use lhw::head_weights;
 pub(crate) use params::serialize_f32;
 pub use params::{HeadClipParams, ParamsError, CONFIG_KEY, DEFAULT_DEEP_PROMPTS};
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use tch::{Device, Kind, Tensor};
 
 use crate::clip::{Clip, ClipTokenizer, DpamOptions, TokenizeError};
@@ -25,6 +27,15 @@ use crate::clip::{Clip, ClipTokenizer, DpamOptions, TokenizeError};
 pub enum PromptMode {
     Learned,
     TrainingFree,
+}
+
+impl std::fmt::Display for PromptMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PromptMode::Learned => "learned prompts",
+            PromptMode::TrainingFree => "training-free prompt ensemble",
+        })
+    }
 }
 
 /// One image's result.
@@ -58,15 +69,24 @@ pub enum ModelError {
     Invalid(String),
 }
 
-/// Images per forward pass on the CPU, in inference and in the training trunk (see
-/// [`HeadClip::score`]).
+/// Images per forward pass on the CPU, in inference and in the training trunk, unless
+/// [`set_cpu_chunk`] says otherwise (see [`HeadClip::score`]).
 pub const CPU_CHUNK: i64 = 1;
 
-/// How many of `images` [B, ..] go through a model on `device` at once: [`CPU_CHUNK`] on the
+static CPU_CHUNK_SETTING: AtomicI64 = AtomicI64::new(CPU_CHUNK);
+
+/// Sets how many images go through a forward pass at once on the CPU, for the whole process
+/// (like libtorch's thread count). Tests use it to push real batches through the model;
+/// benchmarks to compare chunk sizes. Values below 1 mean 1.
+pub fn set_cpu_chunk(images: i64) {
+    CPU_CHUNK_SETTING.store(images.max(1), Ordering::Relaxed);
+}
+
+/// How many of `images` [B, ..] go through a model on `device` at once: the CPU chunk on the
 /// CPU, the whole batch elsewhere.
 pub fn forward_chunk(images: &Tensor, device: Device) -> i64 {
     if device == Device::Cpu {
-        CPU_CHUNK
+        CPU_CHUNK_SETTING.load(Ordering::Relaxed)
     } else {
         images.size()[0].max(1)
     }
@@ -180,12 +200,12 @@ impl HeadClip {
         images
             .split(forward_chunk(images, self.device()), 0)
             .iter()
-            .flat_map(|part| self.finish(&self.forward(part, &self.text_features)))
+            .flat_map(|part| self.smooth_and_score(&self.forward(part, &self.text_features)))
             .collect()
     }
 
     /// Smoothing and the joint score, on the model's device; the maps then come to the CPU.
-    pub fn finish(&self, out: &BatchOutput) -> Vec<ImageScore> {
+    pub fn smooth_and_score(&self, out: &BatchOutput) -> Vec<ImageScore> {
         let _guard = tch::no_grad_guard();
         let (maps, pixel) = scoring::smoothed_map_and_pixel_score(
             &out.layer_maps,

@@ -3,10 +3,14 @@
 
 pub mod adam;
 pub mod loss;
+pub mod memory;
+mod run;
 pub mod step;
 pub mod trainer;
 
 pub use adam::Adam;
 pub use loss::LossTerms;
+pub use memory::MemoryEstimate;
+pub use run::{CheckpointPolicy, RunFiles, RunOutcome, TrainObserver, TrainSet, TrainSetCounts};
 pub use step::{loss_and_gradients, trainable, Batch, LossSelection};
-pub use trainer::{EpochRecord, TrainError, TrainOptions, TrainSample, Trainer};
+pub use trainer::{EpochProgress, EpochRecord, TrainError, TrainOptions, TrainSample, Trainer};

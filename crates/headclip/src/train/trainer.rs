@@ -101,6 +101,8 @@ pub enum TrainError {
     Tokenize(#[from] crate::clip::TokenizeError),
     #[error("{0}")]
     Data(String),
+    #[error("{0}")]
+    Io(String),
 }
 
 pub struct Trainer<'a> {

@@ -1,0 +1,152 @@
+//! The one decode → pre-process stage: from a file, encoded bytes or decoded pixels to the
+//! model's input. Every entry point (predict, test, serve, train, the Python package) goes
+//! through [`Preprocessor::prepare`], so an image is read the same way wherever it comes from.
+
+use std::path::PathBuf;
+
+use super::{decode_rgb, preprocess, read_file, sniff_format, DataError, DecodeLimits};
+use super::{ImageFormat, RgbImage};
+
+/// Where an image comes from.
+#[derive(Debug, Clone)]
+pub enum ImageSource {
+    /// A file, read whole; errors name it.
+    Path(PathBuf),
+    /// Encoded bytes of any supported format (sniffed, never taken from a name).
+    Bytes(Vec<u8>),
+    /// Pixels already decoded.
+    Decoded(RgbImage),
+}
+
+impl From<PathBuf> for ImageSource {
+    fn from(path: PathBuf) -> Self {
+        ImageSource::Path(path)
+    }
+}
+
+impl From<Vec<u8>> for ImageSource {
+    fn from(bytes: Vec<u8>) -> Self {
+        ImageSource::Bytes(bytes)
+    }
+}
+
+impl From<RgbImage> for ImageSource {
+    fn from(image: RgbImage) -> Self {
+        ImageSource::Decoded(image)
+    }
+}
+
+/// An image ready for the model.
+#[derive(Debug, Clone)]
+pub struct PreparedImage {
+    /// `3 · S · S` normalised floats, CHW.
+    pub pixels: Vec<f32>,
+    /// The image's width as decoded.
+    pub width: u32,
+    /// The image's height as decoded.
+    pub height: u32,
+    /// The encoded format; `None` for decoded pixels.
+    pub format: Option<ImageFormat>,
+    /// The decoded image, when [`Preprocessor::prepare`] was asked to keep it (for overlays).
+    pub original: Option<RgbImage>,
+}
+
+/// Decodes and pre-processes images for a model of side S.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preprocessor {
+    /// The model's input side S.
+    pub side: u32,
+    /// Checked before anything is decoded.
+    pub limits: DecodeLimits,
+}
+
+impl Preprocessor {
+    /// Decodes `source` (checking its header against the limits first), resizes it to S×S as
+    /// PIL does and normalises it; keeps the decoded image when `keep_original` is set.
+    ///
+    /// # Errors
+    /// The file cannot be read, or the bytes are not a supported image (errors from a path name
+    /// the file).
+    pub fn prepare(
+        &self,
+        source: ImageSource,
+        keep_original: bool,
+    ) -> Result<PreparedImage, DataError> {
+        if self.side == 0 {
+            return Err(DataError::InvalidArgument("model side 0".into()));
+        }
+        let (image, format) = match source {
+            ImageSource::Path(path) => {
+                let bytes = read_file(&path)?;
+                self.decode(&bytes).map_err(|error| DataError::File {
+                    path,
+                    error: Box::new(error),
+                })?
+            }
+            ImageSource::Bytes(bytes) => self.decode(&bytes)?,
+            ImageSource::Decoded(image) => {
+                image.check()?;
+                (image, None)
+            }
+        };
+        Ok(PreparedImage {
+            pixels: preprocess(&image, self.side),
+            width: image.width,
+            height: image.height,
+            format,
+            original: keep_original.then_some(image),
+        })
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<(RgbImage, Option<ImageFormat>), DataError> {
+        let image = decode_rgb(bytes, &self.limits)?;
+        Ok((image, sniff_format(bytes)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checker(side: u32) -> RgbImage {
+        let pixels = (0..side * side)
+            .flat_map(|i| if i % 2 == 0 { [255u8; 3] } else { [0u8; 3] })
+            .collect();
+        RgbImage::new(side, side, pixels).unwrap()
+    }
+
+    #[test]
+    fn decoded_pixels_skip_decoding_but_not_resizing() {
+        let pre = Preprocessor {
+            side: 4,
+            limits: DecodeLimits::default(),
+        };
+        let img = checker(8);
+        let prepared = pre.prepare(img.clone().into(), true).unwrap();
+        assert_eq!(prepared.pixels, preprocess(&img, 4));
+        assert_eq!(
+            (prepared.width, prepared.height, prepared.format),
+            (8, 8, None)
+        );
+        assert_eq!(prepared.original, Some(img));
+    }
+
+    #[test]
+    fn path_errors_name_the_file_and_bad_pixels_are_refused() {
+        let pre = Preprocessor {
+            side: 4,
+            limits: DecodeLimits::default(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.png");
+        std::fs::write(&path, b"hello").unwrap();
+        let err = pre.prepare(path.clone().into(), false).unwrap_err();
+        assert!(err.to_string().contains("notes.png"), "{err}");
+        let bad = RgbImage {
+            width: 2,
+            height: 2,
+            pixels: vec![0; 5],
+        };
+        assert!(pre.prepare(bad.into(), false).is_err());
+    }
+}

@@ -1,0 +1,112 @@
+//! Building a [`Detector`] from a [`ModelSpec`]: CLIP from its checkpoint, HeadCLIP's
+//! parameters checked against it, the side S resolved.
+
+use std::time::Instant;
+
+use super::{Detector, ModelSpec};
+use crate::clip::{load_state_dict, CheckpointError, Clip};
+use crate::model::{
+    ConfigError, HeadClip, HeadClipConfig, HeadClipParams, ModelError, ParamsError,
+};
+use crate::weights;
+
+/// Why a detector could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The spec asks for something that cannot run.
+    #[error("{0}")]
+    Spec(String),
+    #[error("{}: {source}", path.display())]
+    Checkpoint {
+        path: std::path::PathBuf,
+        source: CheckpointError,
+    },
+    #[error("building CLIP from {}: {source}", path.display())]
+    Clip {
+        path: std::path::PathBuf,
+        source: CheckpointError,
+    },
+    #[error(transparent)]
+    Params(#[from] ParamsError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// CLIP from the spec's weights, on its device and in its precision.
+pub fn load_clip(spec: &ModelSpec) -> Result<Clip, LoadError> {
+    spec.check().map_err(LoadError::Spec)?;
+    let path = &spec.weights;
+    let mut state = load_state_dict(path).map_err(|source| LoadError::Checkpoint {
+        path: path.clone(),
+        source,
+    })?;
+    state.kind = spec.precision.kind();
+    if state.random {
+        tracing::warn!(
+            "{} holds RANDOM weights (made for tests and benchmarks): its scores mean nothing",
+            path.display()
+        );
+    }
+    Clip::from_state_dict(&state, spec.device).map_err(|source| LoadError::Clip {
+        path: path.clone(),
+        source,
+    })
+}
+
+impl Detector {
+    /// Loads CLIP and HeadCLIP as the spec says.
+    pub fn load(spec: &ModelSpec) -> Result<Self, LoadError> {
+        let started = Instant::now();
+        let clip = load_clip(spec)?;
+        let (params, mut config) = match &spec.params {
+            Some(path) => {
+                let (params, config, _) = HeadClipParams::load(path, &clip.config)?;
+                warn_if_trained_on_other_weights(path, &config, spec);
+                (Some(params), config)
+            }
+            None => (None, HeadClipConfig::default()),
+        };
+        if spec.image_size.is_some() {
+            config.image_size = spec.image_size;
+        }
+        let resolved = config.resolve(&clip.config)?;
+        let model = HeadClip::new(clip, params, resolved)?;
+        let detector = Detector::from_model(model, spec.clone());
+        let info = detector.info();
+        tracing::info!(
+            "{} ({}) from {} at S = {}, on {} in {}, loaded in {:.1} s",
+            info.model,
+            info.mode,
+            spec.weights.display(),
+            info.image_size,
+            info.device,
+            info.precision,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(detector)
+    }
+}
+
+/// A parameters file records the sha256 of the CLIP file it was trained with; another file is
+/// fine when it is the same model in another format, so this warns rather than refuses.
+fn warn_if_trained_on_other_weights(
+    params: &std::path::Path,
+    config: &HeadClipConfig,
+    spec: &ModelSpec,
+) {
+    let Some(recorded) = &config.clip_sha256 else {
+        return;
+    };
+    match weights::sha256_file(&spec.weights) {
+        Ok(actual) if recorded.eq_ignore_ascii_case(&actual) => {}
+        Ok(actual) => tracing::warn!(
+            "{} was trained with CLIP sha256 {recorded}, but {} has {actual} \
+             (fine if it is the same model in another format)",
+            params.display(),
+            spec.weights.display()
+        ),
+        Err(e) => tracing::warn!("cannot checksum {}: {e}", spec.weights.display()),
+    }
+}

@@ -1,0 +1,113 @@
+//! The model description: everything that decides what a score means, in one place.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use tch::{Device, Kind};
+
+/// Precision of the CLIP towers; maps and scores are always fp32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    Fp32,
+    /// CPUs with AMX or AVX512-BF16, and CUDA.
+    Bf16,
+    /// CUDA only.
+    Fp16,
+}
+
+impl Precision {
+    /// The tensor kind the towers run in.
+    pub fn kind(self) -> Kind {
+        match self {
+            Precision::Fp32 => Kind::Float,
+            Precision::Bf16 => Kind::BFloat16,
+            Precision::Fp16 => Kind::Half,
+        }
+    }
+
+    /// `fp32`, `bf16` or `fp16`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "bf16" => Ok(Precision::Bf16),
+            "fp16" => Ok(Precision::Fp16),
+            other => Err(format!("unknown precision {other:?}: fp32, bf16 or fp16")),
+        }
+    }
+}
+
+/// Where a model runs, as users write it: `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device, String> {
+    let device = match s {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => Device::Cuda(n),
+            None => return Err(format!("unknown device {other:?}: use cpu, cuda or cuda:N")),
+        },
+    };
+    if let Device::Cuda(_) = device {
+        crate::runtime::load_cuda_backend();
+        if !tch::Cuda::is_available() {
+            return Err(format!(
+                "device {s}: no CUDA device is usable (libtorch's CUDA libraries or a GPU are missing)"
+            ));
+        }
+    }
+    Ok(device)
+}
+
+/// What a [`super::Detector`] is built from. Later parts of the description (the backbone's
+/// config, few-shot references, class names, a calibration) become fields here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    /// The CLIP checkpoint (any format [`crate::clip::load_state_dict`] reads).
+    pub weights: PathBuf,
+    /// HeadCLIP's learned parameters; `None` runs the training-free prompt ensemble.
+    pub params: Option<PathBuf>,
+    /// The input side S; `None` takes the parameters file's, or the backbone's default.
+    pub image_size: Option<i64>,
+    pub device: Device,
+    pub precision: Precision,
+}
+
+impl ModelSpec {
+    /// The weights on the CPU in fp32, training-free, at the default side.
+    pub fn new(weights: impl Into<PathBuf>) -> Self {
+        Self {
+            weights: weights.into(),
+            params: None,
+            image_size: None,
+            device: Device::Cpu,
+            precision: Precision::Fp32,
+        }
+    }
+
+    /// Refuses combinations that cannot run, before anything is loaded.
+    pub fn check(&self) -> Result<(), String> {
+        if self.precision == Precision::Fp16 && self.device == Device::Cpu {
+            return Err("precision fp16 needs a CUDA device; on the CPU use bf16".into());
+        }
+        Ok(())
+    }
+}

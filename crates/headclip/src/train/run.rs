@@ -1,0 +1,288 @@
+//! A whole training run: epochs over a training set, the loss log, checkpoints on a policy, and
+//! a stop between batches when asked. Front ends (the CLI, the Python package) supply the data,
+//! the files, an observer for progress and a stop flag; the guarantees (atomic files, bit-exact
+//! resume) are kept here, once.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use headclip_data::datasets::Sample;
+use headclip_data::images::{self, DecodeLimits, ImageSource, Preprocessor};
+
+use super::{
+    EpochProgress, EpochRecord, LossSelection, LossTerms, TrainError, TrainSample, Trainer,
+};
+
+/// The training images: their samples and the decode stage every entry point shares.
+pub struct TrainSet {
+    pub samples: Vec<Sample>,
+    preprocessor: Preprocessor,
+}
+
+/// How many images of each kind a training set has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainSetCounts {
+    pub anomalous: usize,
+    pub normal: usize,
+    /// Anomalous images without a mask.
+    pub missing_masks: usize,
+}
+
+impl TrainSetCounts {
+    pub fn of(samples: &[Sample]) -> Self {
+        let anomalous = samples.iter().filter(|s| s.anomalous).count();
+        Self {
+            anomalous,
+            normal: samples.len() - anomalous,
+            missing_masks: samples
+                .iter()
+                .filter(|s| s.anomalous && s.mask.is_none())
+                .count(),
+        }
+    }
+}
+
+impl TrainSet {
+    /// `samples` decoded for a model of side `side`.
+    pub fn new(samples: Vec<Sample>, side: u32) -> Self {
+        Self {
+            samples,
+            preprocessor: Preprocessor {
+                side,
+                limits: DecodeLimits::default(),
+            },
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    pub fn counts(&self) -> TrainSetCounts {
+        TrainSetCounts::of(&self.samples)
+    }
+
+    /// The loss terms this set can train: the pixel terms only when every anomalous image has
+    /// a mask.
+    pub fn loss_selection(&self, joint_weight: f64) -> LossSelection {
+        LossSelection {
+            global: true,
+            pixel: self.counts().missing_masks == 0,
+            joint_weight,
+        }
+    }
+
+    /// Decodes sample `i` with its S×S mask (all zero without one).
+    pub fn load(&self, i: usize) -> Result<TrainSample, String> {
+        let sample = &self.samples[i];
+        let side = self.preprocessor.side;
+        let image = self
+            .preprocessor
+            .prepare(ImageSource::Path(sample.image.clone()), false)
+            .map_err(|e| e.to_string())?;
+        let mask = match &sample.mask {
+            Some(path) => {
+                let m = images::read_mask(path, side, &self.preprocessor.limits)
+                    .map_err(|e| e.to_string())?;
+                if (m.original_width, m.original_height) != (image.width, image.height) {
+                    tracing::warn!(
+                        "{}: mask is {}×{}, image {}×{}; resized",
+                        path.display(),
+                        m.original_width,
+                        m.original_height,
+                        image.width,
+                        image.height
+                    );
+                }
+                m.values
+            }
+            None => vec![0; (side * side) as usize],
+        };
+        Ok(TrainSample {
+            image: image.pixels,
+            mask,
+            anomalous: sample.anomalous,
+        })
+    }
+}
+
+/// The files of a run, each written atomically except the append-only loss log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunFiles {
+    /// The deployable parameters, rewritten after every epoch.
+    pub params: PathBuf,
+    /// The training state for resuming.
+    pub state: PathBuf,
+    /// One JSON line per batch and a summary per epoch.
+    pub loss_log: PathBuf,
+}
+
+impl RunFiles {
+    /// `P.safetensors`, with `P.state.safetensors` and `P.losses.jsonl` beside it.
+    pub fn beside(params: &Path) -> Self {
+        Self {
+            params: params.to_path_buf(),
+            state: sibling(params, ".state.safetensors"),
+            loss_log: sibling(params, ".losses.jsonl"),
+        }
+    }
+}
+
+/// `dir/stem.ext` → `dir/stem{suffix}`.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!("{stem}{suffix}"))
+}
+
+/// When the state is written inside an epoch (it always is at epoch ends and on a stop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    /// Time between checkpoints inside an epoch; `None`: epoch ends only.
+    pub interval: Option<Duration>,
+}
+
+/// What a front end sees of a run; every method runs on the training thread, in order.
+pub trait TrainObserver {
+    /// An epoch starts, or continues where `progress` says (a resumed run).
+    fn epoch_started(&mut self, _epoch: usize, _progress: &EpochProgress) {}
+    /// A batch of `images` was trained.
+    fn batch_done(&mut self, _images: usize, _loss: &LossTerms) {}
+    /// A sample could not be read; it is left out of the epoch.
+    fn skipped(&mut self, _image: &Path, _message: &str) {}
+    /// An epoch ended and its files were written.
+    fn epoch_done(&mut self, _record: &EpochRecord, _seconds_per_image: f64) {}
+}
+
+/// An observer that does nothing.
+impl TrainObserver for () {}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Every epoch is done. The unreadable files, sorted, once each, with why.
+    Finished { skipped: Vec<String> },
+    /// The stop flag was seen; the state was saved after this batch of this epoch.
+    Stopped { epoch: usize, batch: usize },
+}
+
+impl Trainer<'_> {
+    /// Trains the remaining epochs of `set`, writing `files` as it goes: the loss log after
+    /// every batch, the state when `policy` says and after every epoch with the parameters.
+    /// When `stop` is set, the run stops after the batch under way and saves the state.
+    pub fn run(
+        &mut self,
+        set: &TrainSet,
+        files: &RunFiles,
+        policy: CheckpointPolicy,
+        stop: &AtomicBool,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<RunOutcome, TrainError> {
+        let mut log = LossLog::open(&files.loss_log)?;
+        let mut skipped: Vec<String> = Vec::new();
+        while self.epochs_done < self.options.epochs {
+            let epoch = self.epochs_done + 1;
+            let started = Instant::now();
+            let images_before = self.progress.samples;
+            observer.epoch_started(epoch, &self.progress);
+            let mut last_checkpoint = Instant::now();
+            let load = |i: usize| set.load(i);
+            let mut unreadable: Vec<(usize, String)> = Vec::new();
+            loop {
+                let next = self.next_batch(set.len(), &load, &mut |i, message| {
+                    unreadable.push((i, message.to_string()))
+                })?;
+                for (i, message) in unreadable.drain(..) {
+                    let path = &set.samples[i].image;
+                    observer.skipped(path, &message);
+                    skipped.push(format!("{}: {message}", path.display()));
+                }
+                let Some((n, terms)) = next else {
+                    break;
+                };
+                let batch = self.progress.batches_done;
+                log.batch(epoch, batch, n, &terms)?;
+                observer.batch_done(n, &terms);
+                let stopping = stop.load(Ordering::SeqCst);
+                let due = policy
+                    .interval
+                    .is_some_and(|every| last_checkpoint.elapsed() >= every);
+                if stopping || due {
+                    self.save_state(&files.state)?;
+                    last_checkpoint = Instant::now();
+                }
+                if stopping {
+                    return Ok(RunOutcome::Stopped { epoch, batch });
+                }
+            }
+            let record = self.finish_epoch()?;
+            self.save(&files.params, &files.state)?;
+            let seconds = started.elapsed().as_secs_f64();
+            let per_image = seconds / (record.samples - images_before).max(1) as f64;
+            log.epoch(&record, seconds, per_image)?;
+            observer.epoch_done(&record, per_image);
+        }
+        skipped.sort();
+        skipped.dedup();
+        Ok(RunOutcome::Finished { skipped })
+    }
+}
+
+/// The append-only loss log: one JSON line per batch, a summary line per epoch.
+struct LossLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl LossLog {
+    fn open(path: &Path) -> Result<Self, TrainError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| TrainError::Io(format!("opening the loss log {}: {e}", path.display())))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    fn batch(
+        &mut self,
+        epoch: usize,
+        batch: usize,
+        images: usize,
+        loss: &LossTerms,
+    ) -> Result<(), TrainError> {
+        self.write(
+            serde_json::json!({"epoch": epoch, "batch": batch, "images": images, "loss": loss}),
+        )
+    }
+
+    fn epoch(
+        &mut self,
+        record: &EpochRecord,
+        seconds: f64,
+        per_image: f64,
+    ) -> Result<(), TrainError> {
+        self.write(serde_json::json!({
+            "epoch": record.epoch, "summary": true, "loss": record.loss, "images": record.samples,
+            "skipped": record.skipped, "seconds": seconds, "seconds_per_image": per_image,
+        }))
+    }
+
+    fn write(&mut self, line: serde_json::Value) -> Result<(), TrainError> {
+        writeln!(self.file, "{line}").map_err(|e| {
+            TrainError::Io(format!("writing the loss log {}: {e}", self.path.display()))
+        })
+    }
+}
