@@ -345,14 +345,10 @@ fn spec_parsing() {
     assert_eq!(s.kind(), DataKind::Mvtec);
     assert_eq!(s.name.as_deref(), Some("M"));
     match &s.layout {
-        Layout::Mvtec {
-            root,
-            categories,
-            split,
-        } => {
-            assert_eq!(root, Path::new("data/mvtec"));
-            assert_eq!(categories.as_deref().unwrap(), ["bottle", "cable"]);
-            assert_eq!(split.as_str(), "train");
+        Layout::Mvtec(m) => {
+            assert_eq!(m.root, Path::new("data/mvtec"));
+            assert_eq!(m.categories.as_deref().unwrap(), ["bottle", "cable"]);
+            assert_eq!(m.split.as_str(), "train");
         }
         other => panic!("{other:?}"),
     }
@@ -363,35 +359,28 @@ fn spec_parsing() {
 
     // folder: the first item is an option when it is one of the kind's keys, else the root.
     let s: DataSpec = "folder:normal=a,anomalous=b".parse().unwrap();
-    assert!(matches!(&s.layout, Layout::Folder { root: None, .. }));
+    assert!(matches!(&s.layout, Layout::Folder(f) if f.root.is_none()));
     let s: DataSpec = "folder:r,anomalous=b,masks=m,mask_suffix=_mask"
         .parse()
         .unwrap();
     match &s.layout {
-        Layout::Folder {
-            root,
-            mask_suffix,
-            masks,
-            ..
-        } => {
-            assert_eq!(root.as_deref(), Some(Path::new("r")));
-            assert_eq!(mask_suffix, "_mask");
-            assert_eq!(masks.as_deref(), Some(Path::new("m")));
+        Layout::Folder(f) => {
+            assert_eq!(f.root.as_deref(), Some(Path::new("r")));
+            assert_eq!(f.mask_suffix, "_mask");
+            assert_eq!(f.masks.as_deref(), Some(Path::new("m")));
         }
         other => panic!("{other:?}"),
     }
     // A quoted value may hold a comma.
     let s: DataSpec = "yesno:\"a,b\",yes=Y".parse().unwrap();
-    assert!(matches!(&s.layout, Layout::YesNo { root, yes, .. }
-        if root == Path::new("a,b") && yes == "Y"));
+    assert!(matches!(&s.layout, Layout::YesNo(y)
+        if y.root == Path::new("a,b") && y.yes == "Y"));
     // Template padding.
     let s: DataSpec = "csv:l.csv,image=id,label=y,template=x/{:03}_{}.png"
         .parse()
         .unwrap();
-    let Layout::Csv { template, .. } = &s.layout else {
-        panic!()
-    };
-    let t = template.as_ref().unwrap();
+    let Layout::Csv(c) = &s.layout else { panic!() };
+    let t = c.template.as_ref().unwrap();
     assert_eq!(t.apply("7").unwrap(), "x/007_7.png");
     assert_eq!(t.apply("1234").unwrap(), "x/1234_1234.png");
     assert!(t.apply("a").is_err());

@@ -20,15 +20,22 @@
 //! caller can live with (a stray non-image file, a mask whose size differs from its image) are
 //! [`DatasetWarning`]s in [`Dataset::warnings`]. Samples are sorted by path, categories by name.
 
+mod category;
 mod fsutil;
 mod layouts;
+mod manifest;
+mod masks;
 mod spec;
 mod table;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use spec::{DataKind, DataSpec, Layout, SpecError, Split, Template, DATA_SPEC_HELP};
+pub use layouts::{
+    CsvOptions, DataKind, FolderOptions, Layout, MvtecOptions, VisaOptions, YesNoOptions,
+    DATA_SPEC_HELP,
+};
+pub use spec::{DataSpec, SpecError, Split, Template};
 
 use crate::images::DataError;
 
@@ -464,7 +471,24 @@ fn accepted_labels(anomalous: &[String], normal: &[String]) -> String {
 
 /// Lists and checks the data set `spec` names. See the module documentation.
 pub fn load(spec: &DataSpec, opts: &LoadOptions) -> Result<Dataset, DatasetError> {
-    layouts::load(spec, opts)
+    let loader = spec.layout.loader();
+    let (root, default_name) = loader.shown_root_and_name();
+    let name = spec
+        .name
+        .clone()
+        .or(default_name)
+        .unwrap_or_else(|| spec.kind().to_string());
+    let mut ctx = category::Ctx::new(opts);
+    let categories = loader.load(&mut ctx, &name)?;
+    let has_masks = categories.iter().all(|c| c.has_masks);
+    Ok(Dataset {
+        name,
+        kind: spec.kind(),
+        root,
+        categories,
+        has_masks,
+        warnings: ctx.warnings,
+    })
 }
 
 /// Parses `spec` and loads it.
