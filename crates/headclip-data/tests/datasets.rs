@@ -678,6 +678,19 @@ fn manifest_errors_name_the_line() {
         "{e}"
     );
 
+    // Line numbers count physical lines: a quoted field over two lines, CRLF endings and a blank
+    // line before the bad row (line 5); a UTF-8 byte-order mark does not hide the first column.
+    fs::write(
+        &csv,
+        "\u{feff}file,status,note\r\nimg/0.png,ok,\"two\nlines\"\r\n\r\nimg/1.png,broken,\r\n",
+    )
+    .unwrap();
+    let e = load_err(&spec(",anomalous=defect,normal=ok"), LoadOptions::default());
+    assert!(
+        matches!(&e, DatasetError::UnknownLabel { line: 5, .. }),
+        "{e}"
+    );
+
     // An id without template= gets a hint.
     fs::write(&csv, "file,status\n0,0\n").unwrap();
     let e = load_err(&spec(""), LoadOptions::default());

@@ -1,10 +1,154 @@
-//! Files named by manifest rows: resolved, checked to exist and to be images, errors naming the
-//! manifest line.
+//! CSV manifests (read with the `csv` crate) and the files their rows name; every error names
+//! the manifest line.
 
 use std::path::{Path, PathBuf};
 
+use csv::StringRecord;
+
 use super::fsutil::sniff_file;
 use super::DatasetError;
+
+/// One data record.
+#[derive(Debug)]
+pub(crate) struct Row {
+    /// 1-based line where the record starts (a quoted field may span lines).
+    pub line: usize,
+    pub fields: StringRecord,
+}
+
+/// A CSV manifest with a header row.
+#[derive(Debug)]
+pub(crate) struct Table {
+    pub path: PathBuf,
+    /// Column names, trimmed.
+    pub header: Vec<String>,
+    pub rows: Vec<Row>,
+}
+
+impl Table {
+    /// Reads the manifest; blank lines are skipped, a row whose field count differs from the
+    /// header's is an error.
+    pub fn read(path: &Path) -> Result<Table, DatasetError> {
+        let bytes = std::fs::read(path).map_err(|source| DatasetError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(text);
+        let lines = LineIndex::new(text);
+        let mut records = reader
+            .records()
+            .map(|r| r.map_err(|e| csv_error(path, &lines, e)));
+        let Some(header) = records.next().transpose()? else {
+            return Err(manifest_error(
+                path,
+                1,
+                "the file is empty; expected a header row with column names".into(),
+            ));
+        };
+        let header: Vec<String> = header.iter().map(|h| h.trim().to_string()).collect();
+        let mut rows = Vec::new();
+        for record in records {
+            let fields = record?;
+            let line = lines.of(fields.position());
+            if fields.len() == 1 && fields[0].trim().is_empty() {
+                continue; // a line of spaces
+            }
+            if fields.len() != header.len() {
+                let message = format!(
+                    "{} fields, but the header has {} columns ({})",
+                    fields.len(),
+                    header.len(),
+                    header.join(",")
+                );
+                return Err(manifest_error(path, line, message));
+            }
+            rows.push(Row { line, fields });
+        }
+        Ok(Table {
+            path: path.to_path_buf(),
+            header,
+            rows,
+        })
+    }
+
+    /// The index of a column: exact (trimmed) name first, then ignoring case.
+    pub fn column(&self, name: &str, option: &str) -> Result<usize, DatasetError> {
+        let name = name.trim();
+        let find = |same: &dyn Fn(&str) -> bool| -> Vec<usize> {
+            (0..self.header.len())
+                .filter(|&i| same(&self.header[i]))
+                .collect()
+        };
+        let mut found = find(&|h| h == name);
+        if found.is_empty() {
+            found = find(&|h| h.eq_ignore_ascii_case(name));
+        }
+        match found.as_slice() {
+            [i] => Ok(*i),
+            [] => Err(DatasetError::MissingColumn {
+                path: self.path.clone(),
+                column: name.to_string(),
+                option: option.to_string(),
+                available: self.header.clone(),
+            }),
+            _ => Err(manifest_error(
+                &self.path,
+                1,
+                format!("the header has more than one column named \"{name}\""),
+            )),
+        }
+    }
+}
+
+fn manifest_error(path: &Path, line: usize, message: String) -> DatasetError {
+    DatasetError::Manifest {
+        path: path.to_path_buf(),
+        line,
+        message,
+    }
+}
+
+/// Physical line numbers from byte offsets. The `csv` crate's own line count skips the line
+/// breaks inside quoted fields, and a record's offset is where its reader started: before the
+/// line breaks and blank lines that precede the record.
+struct LineIndex<'a> {
+    text: &'a [u8],
+    /// Byte offsets of the '\n's.
+    breaks: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    fn new(text: &'a [u8]) -> Self {
+        let breaks = (0..text.len()).filter(|&i| text[i] == b'\n').collect();
+        LineIndex { text, breaks }
+    }
+
+    /// The 1-based line of a record or error position (line 1 when there is none).
+    fn of(&self, position: Option<&csv::Position>) -> usize {
+        let mut byte = position.map_or(0, |p| p.byte() as usize);
+        while self
+            .text
+            .get(byte)
+            .is_some_and(|b| matches!(b, b'\r' | b'\n'))
+        {
+            byte += 1;
+        }
+        1 + self.breaks.partition_point(|&b| b < byte)
+    }
+}
+
+fn csv_error(path: &Path, lines: &LineIndex, e: csv::Error) -> DatasetError {
+    let line = lines.of(e.position());
+    let message = match e.kind() {
+        csv::ErrorKind::Utf8 { .. } => "not UTF-8 text".to_string(),
+        _ => e.to_string(),
+    };
+    manifest_error(path, line, message)
+}
 
 /// Where a manifest row is, for messages: `"<manifest> line N"`.
 pub(crate) fn row_origin(manifest: &Path, line: usize) -> String {
@@ -62,9 +206,5 @@ fn id_hint(cell: &str, column: &str) -> String {
 }
 
 pub(crate) fn empty_cell(manifest: &Path, line: usize, column: &str) -> DatasetError {
-    DatasetError::Manifest {
-        path: manifest.to_path_buf(),
-        line,
-        message: format!("the {column} cell is empty"),
-    }
+    manifest_error(manifest, line, format!("the {column} cell is empty"))
 }

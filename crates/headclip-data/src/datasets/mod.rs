@@ -26,7 +26,6 @@ mod layouts;
 mod manifest;
 mod masks;
 mod spec;
-mod table;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -5,9 +5,8 @@ use std::path::{Path, PathBuf};
 use super::{KindInfo, LoadLayout, ParseLayout};
 use crate::datasets::category::{finish, Ctx, Listed, Missing};
 use crate::datasets::fsutil::require_file;
-use crate::datasets::manifest::{empty_cell, listed_file, row_origin};
+use crate::datasets::manifest::{empty_cell, listed_file, row_origin, Row, Table};
 use crate::datasets::spec::{Options, Template};
-use crate::datasets::table::{Row, Table};
 use crate::datasets::{accepted_labels, folder_name, Category, DatasetError, Sample};
 
 /// `csv:MANIFEST,image=COL,label=COL[,...]`.

@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use super::{KindInfo, LoadLayout, ParseLayout};
 use crate::datasets::category::{check_filter, finish, wanted, Ctx, Listed, Missing};
 use crate::datasets::fsutil::require_dir;
-use crate::datasets::manifest::{empty_cell, listed_file, row_origin};
+use crate::datasets::manifest::{empty_cell, listed_file, row_origin, Row, Table};
 use crate::datasets::spec::{Options, Split};
-use crate::datasets::table::{Row, Table};
 use crate::datasets::{folder_name, Category, DataKind, DatasetError, Sample};
 
 /// `visa:ROOT[,category=A+B][,split=test|train][,manifest=PATH]`.
