@@ -549,7 +549,8 @@ fn stray_files_mask_sizes_and_empty_categories() {
     assert_eq!(d.categories[0].num_normal(), 2);
     assert_eq!(d.len(), 4);
     assert!(d.warnings.iter().any(|w| matches!(w,
-        DatasetWarning::SkippedFile { path, .. } if path.ends_with("notes.txt"))));
+        DatasetWarning::SkippedFile { path, reason } if path.ends_with("notes.txt")
+            && reason == "not an image: the file looks like text")));
     assert!(d.warnings.iter().any(|w| matches!(
         w,
         DatasetWarning::MaskSizeMismatch {
@@ -696,11 +697,20 @@ fn manifest_errors_name_the_line() {
     let e = load_err(&spec(""), LoadOptions::default());
     assert!(e.to_string().contains("use template="), "{e}");
 
-    // A listed file that is not an image.
-    fs::write(&csv, "file,status\nreadme.txt,0\n").unwrap();
+    // A listed file that is not an image: the message says what it looks like.
+    fs::write(
+        r.join("page.png"),
+        "<!DOCTYPE html>\n<html><body>Not found</body></html>",
+    )
+    .unwrap();
+    fs::write(&csv, "file,status\nreadme.txt,0\npage.png,1\n").unwrap();
     let e = load_err(&spec(""), LoadOptions::default());
     assert!(matches!(e, DatasetError::NotAnImage { .. }), "{e}");
     assert!(e.to_string().contains("list.csv line 2"), "{e}");
+    assert!(e.to_string().ends_with("the file looks like text"), "{e}");
+    fs::write(&csv, "file,status\npage.png,1\n").unwrap();
+    let e = load_err(&spec(""), LoadOptions::default());
+    assert!(e.to_string().ends_with("the file looks like HTML"), "{e}");
 
     // Wrong field count, missing column, empty manifest.
     fs::write(&csv, "file,status\nimg/0.png,0,extra\n").unwrap();

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::{DatasetError, DatasetWarning};
-use crate::images::{image_dimensions, sniff_format, DataError, ImageFormat};
+use crate::images::{image_dimensions, looks_like, sniff_format, DataError, ImageFormat};
 
 /// Bytes read to recognise a format (every magic number fits).
 const SNIFF_BYTES: usize = 32;
@@ -146,7 +146,7 @@ pub(crate) fn sniff_file(path: &Path) -> Result<Result<ImageFormat, String>, Dat
         Some(f) => Ok(f),
         None if head.is_empty() => Err("empty file".into()),
         None => Err(DataError::UnknownFormat {
-            head: head.iter().take(8).map(|b| format!("{b:02x}")).collect(),
+            looks_like: looks_like(&head),
         }
         .to_string()),
     })

@@ -141,10 +141,10 @@ pub enum DataError {
     #[error("empty file (0 bytes), not an image")]
     Empty,
     /// The bytes start like no supported image format.
-    #[error("not an image: unrecognised format (first bytes {head})")]
+    #[error("not an image: the file looks like {looks_like}")]
     UnknownFormat {
-        /// The first bytes, in hex.
-        head: String,
+        /// What the bytes look like instead: "text", "a ZIP archive", "unknown binary"...
+        looks_like: &'static str,
     },
     /// The header declares more pixels than [`DecodeLimits::max_pixels`]; nothing was decoded.
     #[error(
@@ -210,6 +210,12 @@ pub enum DataError {
 /// Recognises the image format from the magic bytes (file names lie).
 pub fn sniff_format(bytes: &[u8]) -> Option<ImageFormat> {
     decode::sniff(bytes)
+}
+
+/// What bytes that are no image look like ("text", "a PDF", "HTML", "unknown binary"...), for
+/// messages.
+pub(crate) fn looks_like(bytes: &[u8]) -> &'static str {
+    decode::looks_like(bytes)
 }
 
 /// Whether the bytes start like a supported image format (nothing is decoded).
