@@ -778,3 +778,99 @@ fn visa_manifest_errors() {
     );
     assert!(e.to_string().contains("anomaly"), "{e}");
 }
+
+#[test]
+fn manifest_repeats_warn_and_conflicting_labels_fail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = tmp.path();
+    png(&r.join("img/0.png"), 8, 8);
+    png(&r.join("img/1.png"), 8, 8);
+    let csv = r.join("list.csv");
+    let spec = format!("csv:{},image=file,label=status", csv.display());
+
+    // The same image twice with the same label: a warning naming both lines, counted once.
+    fs::write(
+        &csv,
+        "file,status\nimg/0.png,0\nimg/1.png,1\n./img/../img/0.png,0\nimg/0.png,0\n",
+    )
+    .unwrap();
+    let d = load_ok(&spec);
+    assert_eq!((d.num_normal(), d.num_anomalous()), (1, 1));
+    assert!(
+        d.warnings.iter().any(|w| matches!(w,
+            DatasetWarning::DuplicateRow { first_line: 2, line: 5, image, .. }
+                if image.ends_with("img/0.png"))),
+        "{:?}",
+        d.warnings
+    );
+    assert!(d
+        .warnings
+        .iter()
+        .any(|w| w.to_string().contains("list.csv line 5")));
+
+    // The same image labelled both ways: an error naming the manifest, both lines and the image.
+    fs::write(
+        &csv,
+        "file,status\nimg/0.png,0\nimg/1.png,1\nimg/0.png,yes\n",
+    )
+    .unwrap();
+    let e = load_err(&spec, LoadOptions::default());
+    assert!(
+        matches!(
+            &e,
+            DatasetError::ConflictingLabels {
+                first_line: 2,
+                line: 4,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let msg = e.to_string();
+    for part in [
+        "list.csv",
+        "img/0.png",
+        "normal on line 2",
+        "anomalous on line 4",
+    ] {
+        assert!(msg.contains(part), "{part}: {msg}");
+    }
+
+    // VisA's manifest too.
+    fs::create_dir_all(r.join("split_csv")).unwrap();
+    let m = r.join("split_csv/1cls.csv");
+    let header = "object,split,label,image,mask\n";
+    fs::write(
+        &m,
+        format!("{header}obj,test,normal,img/0.png,\nobj,test,normal,img/0.png,\n"),
+    )
+    .unwrap();
+    let d = load_ok(&format!("visa:{}", r.display()));
+    assert_eq!(d.len(), 1);
+    assert!(d.warnings.iter().any(|w| matches!(
+        w,
+        DatasetWarning::DuplicateRow {
+            first_line: 2,
+            line: 3,
+            ..
+        }
+    )));
+    fs::write(
+        &m,
+        format!("{header}obj,test,anomaly,img/0.png,img/1.png\nobj,test,normal,img/0.png,\n"),
+    )
+    .unwrap();
+    let e = load_err(&format!("visa:{}", r.display()), LoadOptions::default());
+    assert!(
+        matches!(
+            &e,
+            DatasetError::ConflictingLabels {
+                first_line: 2,
+                line: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("1cls.csv"), "{e}");
+}

@@ -1,12 +1,14 @@
 //! CSV manifests (read with the `csv` crate) and the files their rows name; every error names
 //! the manifest line.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use csv::StringRecord;
 
+use super::category::Ctx;
 use super::fsutil::sniff_file;
-use super::DatasetError;
+use super::{DatasetError, DatasetWarning};
 
 /// One data record.
 #[derive(Debug)]
@@ -148,6 +150,49 @@ fn csv_error(path: &Path, lines: &LineIndex, e: csv::Error) -> DatasetError {
         _ => e.to_string(),
     };
     manifest_error(path, line, message)
+}
+
+/// The images a manifest listed so far (by canonical path, so that `a/../x.png` is `x.png`),
+/// with the line and label of their first row.
+#[derive(Default)]
+pub(crate) struct SeenImages {
+    first: HashMap<PathBuf, (usize, bool)>,
+}
+
+impl SeenImages {
+    /// Whether the row at `line` is the first to list `image`. A repeat with the same label is
+    /// a warning (the caller drops it, so the image is not counted twice); with the other label
+    /// it is an error.
+    pub fn first_listing(
+        &mut self,
+        ctx: &mut Ctx,
+        manifest: &Path,
+        image: &Path,
+        line: usize,
+        anomalous: bool,
+    ) -> Result<bool, DatasetError> {
+        let key = std::fs::canonicalize(image).unwrap_or_else(|_| image.to_path_buf());
+        let Some(&(first_line, first_anomalous)) = self.first.get(&key) else {
+            self.first.insert(key, (line, anomalous));
+            return Ok(true);
+        };
+        if first_anomalous != anomalous {
+            return Err(DatasetError::ConflictingLabels {
+                manifest: manifest.to_path_buf(),
+                image: image.to_path_buf(),
+                first_line,
+                first_anomalous,
+                line,
+            });
+        }
+        ctx.warnings.push(DatasetWarning::DuplicateRow {
+            manifest: manifest.to_path_buf(),
+            image: image.to_path_buf(),
+            first_line,
+            line,
+        });
+        Ok(false)
+    }
 }
 
 /// Where a manifest row is, for messages: `"<manifest> line N"`.

@@ -203,6 +203,17 @@ pub enum DatasetWarning {
         /// The first few of them.
         examples: Vec<PathBuf>,
     },
+    /// A manifest lists an image again with the same label; the repeat was dropped.
+    DuplicateRow {
+        /// The manifest.
+        manifest: PathBuf,
+        /// The image.
+        image: PathBuf,
+        /// The line that listed it first.
+        first_line: usize,
+        /// The line of the repeat.
+        line: usize,
+    },
     /// Mask files that belong to no image (often a wrong `mask_suffix`).
     UnusedMasks {
         /// The mask folder.
@@ -260,6 +271,18 @@ impl fmt::Display for DatasetWarning {
                 "category {category}: {count} anomalous image(s) without a mask (e.g. {}); \
                  the category is image-level, without pixel metrics",
                 list_paths(examples)
+            ),
+            DatasetWarning::DuplicateRow {
+                manifest,
+                image,
+                first_line,
+                line,
+            } => write!(
+                f,
+                "{} line {line} lists {} again, with the same label as line {first_line}; it \
+                 is counted once",
+                manifest.display(),
+                image.display()
             ),
             DatasetWarning::UnusedMasks {
                 folder,
@@ -438,6 +461,27 @@ pub enum DatasetError {
         /// The accepted values, e.g. `anomalous = 1, yes; normal = 0, no`.
         accepted: String,
     },
+    /// A manifest labels one image both normal and anomalous.
+    #[error(
+        "{}: {} is labelled {} on line {first_line} but {} on line {line}; an image has one \
+         label",
+        manifest.display(),
+        image.display(),
+        label_word(*first_anomalous),
+        label_word(!first_anomalous)
+    )]
+    ConflictingLabels {
+        /// The manifest.
+        manifest: PathBuf,
+        /// The image.
+        image: PathBuf,
+        /// The line that listed it first.
+        first_line: usize,
+        /// Whether that line says anomalous.
+        first_anomalous: bool,
+        /// The line that says the other label.
+        line: usize,
+    },
     /// A file that must be an image (listed by a manifest, or a mask) is not one.
     #[error("{} (listed in {origin}) is not an image: {reason}", path.display())]
     NotAnImage {
@@ -458,6 +502,14 @@ pub enum DatasetError {
         /// The decoder's complaint.
         error: DataError,
     },
+}
+
+fn label_word(anomalous: bool) -> &'static str {
+    if anomalous {
+        "anomalous"
+    } else {
+        "normal"
+    }
 }
 
 fn accepted_labels(anomalous: &[String], normal: &[String]) -> String {

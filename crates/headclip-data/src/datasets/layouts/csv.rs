@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use super::{KindInfo, LoadLayout, ParseLayout};
 use crate::datasets::category::{finish, Ctx, Listed, Missing};
 use crate::datasets::fsutil::require_file;
-use crate::datasets::manifest::{empty_cell, listed_file, row_origin, Row, Table};
+use crate::datasets::manifest::{empty_cell, listed_file, row_origin, Row, SeenImages, Table};
 use crate::datasets::spec::{Options, Template};
 use crate::datasets::{accepted_labels, folder_name, Category, DatasetError, Sample};
 
@@ -138,8 +138,9 @@ impl LoadLayout for CsvOptions {
             missing: Vec::new(),
             looked_in: self.manifest.display().to_string(),
         };
+        let mut seen = SeenImages::default();
         for row in &table.rows {
-            self.add_row(&mut listed, &table, &cols, row)?;
+            self.add_row(ctx, &mut seen, &mut listed, (&table, &cols, row))?;
         }
         if listed.samples.is_empty() {
             return Err(DatasetError::NoImages {
@@ -201,16 +202,19 @@ impl CsvOptions {
     /// Checks a row's label and files and adds its sample.
     fn add_row(
         &self,
+        ctx: &mut Ctx,
+        seen: &mut SeenImages,
         listed: &mut Listed,
-        table: &Table,
-        cols: &Columns,
-        row: &Row,
+        (table, cols, row): (&Table, &Columns, &Row),
     ) -> Result<(), DatasetError> {
         let (manifest, line) = (&self.manifest, row.line);
         let base = manifest_dir(manifest);
         let anomalous = self.label(table, cols, row)?;
         let file = self.image_file(table, cols, row)?;
         let image = listed_file(&base, &file, manifest, line, "image")?;
+        if !seen.first_listing(ctx, manifest, &image, line, anomalous)? {
+            return Ok(());
+        }
         let mask = match cols.mask.map(|c| row.fields[c].trim()) {
             None | Some("") => None,
             Some(m) => Some(listed_file(&base, m, manifest, line, "mask")?),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::{KindInfo, LoadLayout, ParseLayout};
 use crate::datasets::category::{check_filter, finish, wanted, Ctx, Listed, Missing};
 use crate::datasets::fsutil::require_dir;
-use crate::datasets::manifest::{empty_cell, listed_file, row_origin, Row, Table};
+use crate::datasets::manifest::{empty_cell, listed_file, row_origin, Row, SeenImages, Table};
 use crate::datasets::spec::{Options, Split};
 use crate::datasets::{folder_name, Category, DataKind, DatasetError, Sample};
 
@@ -80,6 +80,7 @@ impl LoadLayout for VisaOptions {
         let filter = self.categories.as_deref();
         let mut objects: BTreeMap<String, Listed> = BTreeMap::new();
         let mut all_objects = BTreeSet::new();
+        let mut seen = SeenImages::default();
         for row in &table.rows {
             let facts = row_facts(&table, &cols, row)?;
             all_objects.insert(facts.object.to_string());
@@ -87,7 +88,8 @@ impl LoadLayout for VisaOptions {
                 let listed = objects
                     .entry(facts.object.to_string())
                     .or_insert_with(|| new_listed(facts.object, &manifest));
-                add_row(listed, &self.root, &table, &cols, row, facts.anomalous)?;
+                let at = (&table, &cols, row);
+                add_row(ctx, &mut seen, listed, &self.root, at, facts.anomalous)?;
             }
         }
         let available: Vec<String> = all_objects.into_iter().collect();
@@ -175,11 +177,11 @@ fn new_listed(object: &str, manifest: &Path) -> Listed {
 
 /// Checks a row's files and adds its sample.
 fn add_row(
+    ctx: &mut Ctx,
+    seen: &mut SeenImages,
     listed: &mut Listed,
     root: &Path,
-    table: &Table,
-    cols: &Columns,
-    row: &Row,
+    (table, cols, row): (&Table, &Columns, &Row),
     anomalous: bool,
 ) -> Result<(), DatasetError> {
     let (manifest, line) = (&table.path, row.line);
@@ -188,6 +190,9 @@ fn add_row(
         return Err(empty_cell(manifest, line, "image"));
     }
     let image = listed_file(root, cell(cols.image), manifest, line, "image")?;
+    if !seen.first_listing(ctx, manifest, &image, line, anomalous)? {
+        return Ok(());
+    }
     let mask = match cell(cols.mask) {
         "" => None,
         m => Some(listed_file(root, m, manifest, line, "mask")?),
