@@ -874,3 +874,66 @@ fn manifest_repeats_warn_and_conflicting_labels_fail() {
     );
     assert!(e.to_string().contains("1cls.csv"), "{e}");
 }
+
+/// A grey PNG of one value.
+fn flat_png(path: &Path, value: u8) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    image::GrayImage::from_pixel(8, 8, image::Luma([value]))
+        .save_with_format(path, image::ImageFormat::Png)
+        .unwrap();
+}
+
+#[test]
+fn folder_labels_from_masks_and_empty_masks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = tmp.path();
+    for name in ["a", "b", "c"] {
+        png(&r.join(format!("imgs/{name}.png")), 8, 8);
+    }
+    flat_png(&r.join("gt/a.png"), 0); // empty: normal
+    png(&r.join("gt/b.png"), 8, 8); // 0/255: anomalous
+    flat_png(&r.join("gt/c.png"), 1); // a label map's 1: anomalous by the mask rule
+    let spec = format!("folder:{},images=imgs,masks=gt", r.display());
+    let d = load_ok(&spec);
+    assert!(d.has_masks);
+    let label = |n: &str| {
+        let s = d.samples().find(|s| s.image.ends_with(n)).unwrap();
+        (s.anomalous, s.mask.is_some())
+    };
+    assert_eq!(
+        [label("a.png"), label("b.png"), label("c.png")],
+        [(false, false), (true, true), (true, true)]
+    );
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+
+    // An image without a mask has no label.
+    fs::remove_file(r.join("gt/c.png")).unwrap();
+    let e = load_err(&spec, LoadOptions::default());
+    assert!(
+        matches!(&e, DatasetError::UnlabelledImage { image, .. } if image.ends_with("imgs/c.png")),
+        "{e}"
+    );
+    assert!(e.to_string().contains("gt/c.<ext>"), "{e}");
+
+    // anomalous= with an empty mask: a warning naming the image.
+    fs::remove_file(r.join("imgs/c.png")).unwrap();
+    let d = load_ok(&format!("folder:{},anomalous=imgs,masks=gt", r.display()));
+    assert_eq!(d.num_anomalous(), 2);
+    let empty: Vec<_> = d
+        .warnings
+        .iter()
+        .filter_map(|w| match w {
+            DatasetWarning::EmptyMask { image, .. } => Some(image.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(empty.len(), 1, "{:?}", d.warnings);
+    assert!(empty[0].ends_with("imgs/a.png"));
+
+    // The spec's rules for images=.
+    let e = spec_err("folder:r,images=i");
+    assert!(e.message.contains("images= needs masks=DIR"), "{e}");
+    let e = spec_err("folder:r,images=i,normal=n,masks=m");
+    assert!(e.message.contains("cannot be combined"), "{e}");
+    assert!(DATA_SPEC_HELP.contains("images=DIR,masks=DIR"));
+}

@@ -108,9 +108,9 @@ fn mask_policy(
     Ok(false)
 }
 
-/// Where a mask was listed, for messages.
-pub(crate) fn mask_origin(s: &Sample) -> String {
-    format!("{} as the mask of {}", s.source, s.image.display())
+/// Where a mask was listed, for messages: where its image was listed.
+pub(crate) fn mask_origin(source: &str, image: &Path) -> String {
+    format!("{source} as the mask of {}", image.display())
 }
 
 fn check_mask_is_image(s: &Sample) -> Result<(), DatasetError> {
@@ -121,7 +121,7 @@ fn check_mask_is_image(s: &Sample) -> Result<(), DatasetError> {
         Ok(_) => Ok(()),
         Err(reason) => Err(DatasetError::NotAnImage {
             path: mask.clone(),
-            origin: mask_origin(s),
+            origin: mask_origin(&s.source, &s.image),
             reason,
         }),
     }
@@ -140,7 +140,7 @@ fn check_sizes(ctx: &mut Ctx, s: &Sample) -> Result<(), DatasetError> {
     };
     let mask_size = dimensions(mask)?.map_err(|error| DatasetError::BadImage {
         path: mask.clone(),
-        origin: mask_origin(s),
+        origin: mask_origin(&s.source, &s.image),
         error,
     })?;
     if mask_size != image_size {

@@ -203,6 +203,13 @@ pub enum DatasetWarning {
         /// The first few of them.
         examples: Vec<PathBuf>,
     },
+    /// An anomalous image whose mask marks no pixel anomalous: its pixels all count as normal.
+    EmptyMask {
+        /// The image.
+        image: PathBuf,
+        /// Its mask.
+        mask: PathBuf,
+    },
     /// A manifest lists an image again with the same label; the repeat was dropped.
     DuplicateRow {
         /// The manifest.
@@ -271,6 +278,13 @@ impl fmt::Display for DatasetWarning {
                 "category {category}: {count} anomalous image(s) without a mask (e.g. {}); \
                  the category is image-level, without pixel metrics",
                 list_paths(examples)
+            ),
+            DatasetWarning::EmptyMask { image, mask } => write!(
+                f,
+                "anomalous image {} has an empty mask {} (no anomalous pixel): pixel metrics \
+                 count all its pixels as normal",
+                image.display(),
+                mask.display()
             ),
             DatasetWarning::DuplicateRow {
                 manifest,
@@ -460,6 +474,19 @@ pub enum DatasetError {
         value: String,
         /// The accepted values, e.g. `anomalous = 1, yes; normal = 0, no`.
         accepted: String,
+    },
+    /// With `folder:...,images=DIR,masks=DIR` an image's mask is its label: one without is
+    /// an error.
+    #[error(
+        "image {} has no mask (expected {expected}); with images=, the mask gives the label: \
+         an empty mask means normal",
+        image.display()
+    )]
+    UnlabelledImage {
+        /// The image.
+        image: PathBuf,
+        /// Where its mask was looked for.
+        expected: String,
     },
     /// A manifest labels one image both normal and anomalous.
     #[error(

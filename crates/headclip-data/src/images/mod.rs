@@ -315,6 +315,12 @@ pub fn decode_mask(bytes: &[u8], side: u32, limits: &DecodeLimits) -> Result<Mas
     mask::decode_mask(bytes, side, limits)
 }
 
+/// Whether a mask marks no pixel anomalous (all below the [`decode_mask`] rule's threshold),
+/// before resizing. Decodes the whole mask.
+pub(crate) fn is_empty_mask(bytes: &[u8], limits: &DecodeLimits) -> Result<bool, DataError> {
+    mask::is_empty_mask(bytes, limits)
+}
+
 /// [`decode_mask`] on a file; errors name the file.
 pub fn read_mask(path: &Path, side: u32, limits: &DecodeLimits) -> Result<Mask, DataError> {
     let bytes = read_file(path)?;
