@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `mvtec` | MVTec AD: `<category>/test/<defect>/`, `<category>/ground_truth/<defect>/<stem>_mask.png` | `mvtec:data/mvtec,category=bottle+cable` |
 //! | `visa` | VisA: `split_csv/1cls.csv` (object,split,label,image,mask) | `visa:data/VisA_20220922` |
-//! | `folder` | normal / anomalous image folders, masks matched by stem | `folder:data/kvasir,anomalous=images,masks=masks` |
+//! | `folder` | normal / anomalous image folders, masks matched by stem; or one image folder labelled by its masks | `folder:data/kvasir,anomalous=images,masks=masks` |
 //! | `csv` | a CSV manifest of paths or ids and labels | `csv:data/headct/labels.csv,image=id,label=hemorrhage,template=head_ct/{:03}.png` |
 //! | `yesno` | image-level `yes/` (anomalous) and `no/` (normal) | `yesno:data/brainmri` |
 //!
@@ -15,9 +15,11 @@
 //!
 //! [`load`] lists the files and checks them before any compute: it reads directory entries and the
 //! first bytes of files (the format, and with [`LoadOptions::check_sizes`] the pixel size from
-//! the header) but never decodes an image. Problems that make an evaluation wrong are errors
-//! ([`DatasetError`]) naming the file, and the manifest line where there is one; problems a
-//! caller can live with (a stray non-image file, a mask whose size differs from its image) are
+//! the header) but never decodes an image, except the `folder` layout's masks: whether a mask is
+//! empty decides an image's label (`images=`) or a warning (`anomalous=`), and masks are small.
+//! Problems that make an evaluation wrong are errors ([`DatasetError`]) naming the file, and the manifest line where there is one; problems a
+//! caller can live with (a stray non-image file, a mask whose size differs from its image, an
+//! empty mask of an anomalous image, a manifest row given twice) are
 //! [`DatasetWarning`]s in [`Dataset::warnings`]. Samples are sorted by path, categories by name.
 
 mod category;
@@ -254,6 +256,27 @@ impl fmt::Display for DatasetWarning {
             DatasetWarning::EmptyFolder { path } => {
                 write!(f, "folder {} holds no images", path.display())
             }
+            DatasetWarning::DuplicateRow {
+                manifest,
+                image,
+                first_line,
+                line,
+            } => write!(
+                f,
+                "{} line {line} lists {} again, with the same label as line {first_line}; it \
+                 is counted once",
+                manifest.display(),
+                image.display()
+            ),
+            _ => self.fmt_mask_warning(f),
+        }
+    }
+}
+
+impl DatasetWarning {
+    /// The warnings about masks, kept apart to keep `fmt` short.
+    fn fmt_mask_warning(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
             DatasetWarning::MaskSizeMismatch {
                 image,
                 mask,
@@ -286,18 +309,6 @@ impl fmt::Display for DatasetWarning {
                 image.display(),
                 mask.display()
             ),
-            DatasetWarning::DuplicateRow {
-                manifest,
-                image,
-                first_line,
-                line,
-            } => write!(
-                f,
-                "{} line {line} lists {} again, with the same label as line {first_line}; it \
-                 is counted once",
-                manifest.display(),
-                image.display()
-            ),
             DatasetWarning::UnusedMasks {
                 folder,
                 count,
@@ -309,6 +320,7 @@ impl fmt::Display for DatasetWarning {
                 folder.display(),
                 list_paths(examples)
             ),
+            _ => unreachable!("fmt handles the other warnings"),
         }
     }
 }
