@@ -299,22 +299,26 @@ fn visa_fixture() {
     assert!(d.has_masks);
     assert!(sorted(&d));
     assert!(d.warnings.is_empty(), "{:?}", d.warnings);
-    // Masks are label maps (0, 1, 2): present, and every non-zero label is anomalous.
+    // Masks are label maps (0, 1, 2): every non-zero label is anomalous, pixel for pixel where
+    // the mask is square and read at its own size (the PNG decoded by the image crate is the
+    // reference).
+    let limits = headclip_data::images::DecodeLimits::default();
+    let mut compared = 0;
     for s in d.samples() {
         assert_eq!(s.anomalous, s.mask.is_some());
         assert!(s.source.contains("1cls.csv line "), "{}", s.source);
-        if let Some(m) = &s.mask {
-            let raw = image::open(m).unwrap().to_luma8();
-            let max = raw.pixels().map(|p| p.0[0]).max().unwrap();
-            assert!((1..=2).contains(&max), "{}: max {max}", m.display());
-            let limits = headclip_data::images::DecodeLimits::default();
-            let mask = headclip_data::images::read_mask(m, 32, &limits).unwrap();
-            assert!(mask.values.iter().any(|&v| v > 0), "{}", m.display());
+        let Some(m) = &s.mask else { continue };
+        let raw = image::open(m).unwrap().to_luma8();
+        let side = raw.width();
+        let mask = headclip_data::images::read_mask(m, side, &limits).unwrap();
+        assert!(mask.values.iter().any(|&v| v > 0), "{}", m.display());
+        if raw.height() == side {
+            let want: Vec<u8> = raw.pixels().map(|p| u8::from(p.0[0] != 0)).collect();
+            assert_eq!(mask.values, want, "{}", m.display());
+            compared += 1;
         }
     }
-    let label2 = root.join("candle/Data/Masks/Anomaly/001.png");
-    let raw = image::open(&label2).unwrap().to_luma8();
-    assert!(raw.pixels().any(|p| p.0[0] == 2));
+    assert_eq!(compared, 2, "pcb1's two masks are square");
 
     let spec: DataSpec = format!("visa:{},split=train", root.display())
         .parse()
@@ -345,14 +349,10 @@ fn spec_parsing() {
     assert_eq!(s.kind(), DataKind::Mvtec);
     assert_eq!(s.name.as_deref(), Some("M"));
     match &s.layout {
-        Layout::Mvtec {
-            root,
-            categories,
-            split,
-        } => {
-            assert_eq!(root, Path::new("data/mvtec"));
-            assert_eq!(categories.as_deref().unwrap(), ["bottle", "cable"]);
-            assert_eq!(split.as_str(), "train");
+        Layout::Mvtec(m) => {
+            assert_eq!(m.root, Path::new("data/mvtec"));
+            assert_eq!(m.categories.as_deref().unwrap(), ["bottle", "cable"]);
+            assert_eq!(m.split.as_str(), "train");
         }
         other => panic!("{other:?}"),
     }
@@ -363,35 +363,28 @@ fn spec_parsing() {
 
     // folder: the first item is an option when it is one of the kind's keys, else the root.
     let s: DataSpec = "folder:normal=a,anomalous=b".parse().unwrap();
-    assert!(matches!(&s.layout, Layout::Folder { root: None, .. }));
+    assert!(matches!(&s.layout, Layout::Folder(f) if f.root.is_none()));
     let s: DataSpec = "folder:r,anomalous=b,masks=m,mask_suffix=_mask"
         .parse()
         .unwrap();
     match &s.layout {
-        Layout::Folder {
-            root,
-            mask_suffix,
-            masks,
-            ..
-        } => {
-            assert_eq!(root.as_deref(), Some(Path::new("r")));
-            assert_eq!(mask_suffix, "_mask");
-            assert_eq!(masks.as_deref(), Some(Path::new("m")));
+        Layout::Folder(f) => {
+            assert_eq!(f.root.as_deref(), Some(Path::new("r")));
+            assert_eq!(f.mask_suffix, "_mask");
+            assert_eq!(f.masks.as_deref(), Some(Path::new("m")));
         }
         other => panic!("{other:?}"),
     }
     // A quoted value may hold a comma.
     let s: DataSpec = "yesno:\"a,b\",yes=Y".parse().unwrap();
-    assert!(matches!(&s.layout, Layout::YesNo { root, yes, .. }
-        if root == Path::new("a,b") && yes == "Y"));
+    assert!(matches!(&s.layout, Layout::YesNo(y)
+        if y.root == Path::new("a,b") && y.yes == "Y"));
     // Template padding.
     let s: DataSpec = "csv:l.csv,image=id,label=y,template=x/{:03}_{}.png"
         .parse()
         .unwrap();
-    let Layout::Csv { template, .. } = &s.layout else {
-        panic!()
-    };
-    let t = template.as_ref().unwrap();
+    let Layout::Csv(c) = &s.layout else { panic!() };
+    let t = c.template.as_ref().unwrap();
     assert_eq!(t.apply("7").unwrap(), "x/007_7.png");
     assert_eq!(t.apply("1234").unwrap(), "x/1234_1234.png");
     assert!(t.apply("a").is_err());
@@ -560,7 +553,8 @@ fn stray_files_mask_sizes_and_empty_categories() {
     assert_eq!(d.categories[0].num_normal(), 2);
     assert_eq!(d.len(), 4);
     assert!(d.warnings.iter().any(|w| matches!(w,
-        DatasetWarning::SkippedFile { path, .. } if path.ends_with("notes.txt"))));
+        DatasetWarning::SkippedFile { path, reason } if path.ends_with("notes.txt")
+            && reason == "not an image: the file looks like text")));
     assert!(d.warnings.iter().any(|w| matches!(
         w,
         DatasetWarning::MaskSizeMismatch {
@@ -689,16 +683,38 @@ fn manifest_errors_name_the_line() {
         "{e}"
     );
 
+    // Line numbers count physical lines: a quoted field over two lines, CRLF endings and a blank
+    // line before the bad row (line 5); a UTF-8 byte-order mark does not hide the first column.
+    fs::write(
+        &csv,
+        "\u{feff}file,status,note\r\nimg/0.png,ok,\"two\nlines\"\r\n\r\nimg/1.png,broken,\r\n",
+    )
+    .unwrap();
+    let e = load_err(&spec(",anomalous=defect,normal=ok"), LoadOptions::default());
+    assert!(
+        matches!(&e, DatasetError::UnknownLabel { line: 5, .. }),
+        "{e}"
+    );
+
     // An id without template= gets a hint.
     fs::write(&csv, "file,status\n0,0\n").unwrap();
     let e = load_err(&spec(""), LoadOptions::default());
     assert!(e.to_string().contains("use template="), "{e}");
 
-    // A listed file that is not an image.
-    fs::write(&csv, "file,status\nreadme.txt,0\n").unwrap();
+    // A listed file that is not an image: the message says what it looks like.
+    fs::write(
+        r.join("page.png"),
+        "<!DOCTYPE html>\n<html><body>Not found</body></html>",
+    )
+    .unwrap();
+    fs::write(&csv, "file,status\nreadme.txt,0\npage.png,1\n").unwrap();
     let e = load_err(&spec(""), LoadOptions::default());
     assert!(matches!(e, DatasetError::NotAnImage { .. }), "{e}");
     assert!(e.to_string().contains("list.csv line 2"), "{e}");
+    assert!(e.to_string().ends_with("the file looks like text"), "{e}");
+    fs::write(&csv, "file,status\npage.png,1\n").unwrap();
+    let e = load_err(&spec(""), LoadOptions::default());
+    assert!(e.to_string().ends_with("the file looks like HTML"), "{e}");
 
     // Wrong field count, missing column, empty manifest.
     fs::write(&csv, "file,status\nimg/0.png,0,extra\n").unwrap();
@@ -765,4 +781,163 @@ fn visa_manifest_errors() {
         "{e}"
     );
     assert!(e.to_string().contains("anomaly"), "{e}");
+}
+
+#[test]
+fn manifest_repeats_warn_and_conflicting_labels_fail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = tmp.path();
+    png(&r.join("img/0.png"), 8, 8);
+    png(&r.join("img/1.png"), 8, 8);
+    let csv = r.join("list.csv");
+    let spec = format!("csv:{},image=file,label=status", csv.display());
+
+    // The same image twice with the same label: a warning naming both lines, counted once.
+    fs::write(
+        &csv,
+        "file,status\nimg/0.png,0\nimg/1.png,1\n./img/../img/0.png,0\nimg/0.png,0\n",
+    )
+    .unwrap();
+    let d = load_ok(&spec);
+    assert_eq!((d.num_normal(), d.num_anomalous()), (1, 1));
+    assert!(
+        d.warnings.iter().any(|w| matches!(w,
+            DatasetWarning::DuplicateRow { first_line: 2, line: 5, image, .. }
+                if image.ends_with("img/0.png"))),
+        "{:?}",
+        d.warnings
+    );
+    assert!(d
+        .warnings
+        .iter()
+        .any(|w| w.to_string().contains("list.csv line 5")));
+
+    // The same image labelled both ways: an error naming the manifest, both lines and the image.
+    fs::write(
+        &csv,
+        "file,status\nimg/0.png,0\nimg/1.png,1\nimg/0.png,yes\n",
+    )
+    .unwrap();
+    let e = load_err(&spec, LoadOptions::default());
+    assert!(
+        matches!(
+            &e,
+            DatasetError::ConflictingLabels {
+                first_line: 2,
+                line: 4,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let msg = e.to_string();
+    for part in [
+        "list.csv",
+        "img/0.png",
+        "normal on line 2",
+        "anomalous on line 4",
+    ] {
+        assert!(msg.contains(part), "{part}: {msg}");
+    }
+
+    // VisA's manifest too.
+    fs::create_dir_all(r.join("split_csv")).unwrap();
+    let m = r.join("split_csv/1cls.csv");
+    let header = "object,split,label,image,mask\n";
+    fs::write(
+        &m,
+        format!("{header}obj,test,normal,img/0.png,\nobj,test,normal,img/0.png,\n"),
+    )
+    .unwrap();
+    let d = load_ok(&format!("visa:{}", r.display()));
+    assert_eq!(d.len(), 1);
+    assert!(d.warnings.iter().any(|w| matches!(
+        w,
+        DatasetWarning::DuplicateRow {
+            first_line: 2,
+            line: 3,
+            ..
+        }
+    )));
+    fs::write(
+        &m,
+        format!("{header}obj,test,anomaly,img/0.png,img/1.png\nobj,test,normal,img/0.png,\n"),
+    )
+    .unwrap();
+    let e = load_err(&format!("visa:{}", r.display()), LoadOptions::default());
+    assert!(
+        matches!(
+            &e,
+            DatasetError::ConflictingLabels {
+                first_line: 2,
+                line: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("1cls.csv"), "{e}");
+}
+
+/// A grey PNG of one value.
+fn flat_png(path: &Path, value: u8) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    image::GrayImage::from_pixel(8, 8, image::Luma([value]))
+        .save_with_format(path, image::ImageFormat::Png)
+        .unwrap();
+}
+
+#[test]
+fn folder_labels_from_masks_and_empty_masks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = tmp.path();
+    for name in ["a", "b", "c"] {
+        png(&r.join(format!("imgs/{name}.png")), 8, 8);
+    }
+    flat_png(&r.join("gt/a.png"), 0); // empty: normal
+    png(&r.join("gt/b.png"), 8, 8); // 0/255: anomalous
+    flat_png(&r.join("gt/c.png"), 1); // a label map's 1: anomalous by the mask rule
+    let spec = format!("folder:{},images=imgs,masks=gt", r.display());
+    let d = load_ok(&spec);
+    assert!(d.has_masks);
+    let label = |n: &str| {
+        let s = d.samples().find(|s| s.image.ends_with(n)).unwrap();
+        (s.anomalous, s.mask.is_some())
+    };
+    assert_eq!(
+        [label("a.png"), label("b.png"), label("c.png")],
+        [(false, false), (true, true), (true, true)]
+    );
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+
+    // An image without a mask has no label.
+    fs::remove_file(r.join("gt/c.png")).unwrap();
+    let e = load_err(&spec, LoadOptions::default());
+    assert!(
+        matches!(&e, DatasetError::UnlabelledImage { image, .. } if image.ends_with("imgs/c.png")),
+        "{e}"
+    );
+    assert!(e.to_string().contains("gt/c.<ext>"), "{e}");
+
+    // anomalous= with an empty mask: a warning naming the image.
+    fs::remove_file(r.join("imgs/c.png")).unwrap();
+    let d = load_ok(&format!("folder:{},anomalous=imgs,masks=gt", r.display()));
+    assert_eq!(d.num_anomalous(), 2);
+    let empty: Vec<_> = d
+        .warnings
+        .iter()
+        .filter_map(|w| match w {
+            DatasetWarning::EmptyMask { image, .. } => Some(image.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(empty.len(), 1, "{:?}", d.warnings);
+    assert!(empty[0].ends_with("imgs/a.png"));
+
+    // The spec's rules for images=.
+    let e = spec_err("folder:r,images=i");
+    assert!(e.message.contains("images= needs masks=DIR"), "{e}");
+    let e = spec_err("folder:r,images=i,normal=n,masks=m");
+    assert!(e.message.contains("cannot be combined"), "{e}");
+    assert!(DATA_SPEC_HELP.contains("images=DIR,masks=DIR"));
 }

@@ -273,9 +273,11 @@ fn text_named_png_is_not_an_image() {
     let e = read_rgb(&p, &DecodeLimits::default()).unwrap_err();
     let msg = e.to_string();
     assert!(
-        msg.contains("notes.png") && msg.contains("not an image"),
+        msg.contains("notes.png") && msg.contains("not an image: the file looks like text"),
         "{msg}"
     );
+    // What it looks like, not its bytes in hex ("these" starts 7468657365).
+    assert!(!msg.contains("7468"), "{msg}");
     assert!(!is_image(b"these are notes"));
     let e = read_mask(&p, 64, &DecodeLimits::default()).unwrap_err();
     assert!(e.to_string().contains("not an image"));

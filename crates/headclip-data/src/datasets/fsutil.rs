@@ -6,7 +6,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::{DatasetError, DatasetWarning};
-use crate::images::{image_dimensions, sniff_format, DataError, ImageFormat};
+use crate::images::{
+    image_dimensions, is_empty_mask, looks_like, sniff_format, DataError, DecodeLimits, ImageFormat,
+};
 
 /// Bytes read to recognise a format (every magic number fits).
 const SNIFF_BYTES: usize = 32;
@@ -146,7 +148,7 @@ pub(crate) fn sniff_file(path: &Path) -> Result<Result<ImageFormat, String>, Dat
         Some(f) => Ok(f),
         None if head.is_empty() => Err("empty file".into()),
         None => Err(DataError::UnknownFormat {
-            head: head.iter().take(8).map(|b| format!("{b:02x}")).collect(),
+            looks_like: looks_like(&head),
         }
         .to_string()),
     })
@@ -164,4 +166,15 @@ pub(crate) fn dimensions(path: &Path) -> Result<Result<(u32, u32), DataError>, D
             Ok(image_dimensions(&all).map(|(_, w, h)| (w, h)))
         }
     }
+}
+
+/// Whether a mask file marks no pixel anomalous; decodes it (masks are small), so that a label
+/// or a warning can depend on it at load time. `origin` says where the mask was listed.
+pub(crate) fn mask_is_empty(mask: &Path, origin: &str) -> Result<bool, DatasetError> {
+    let bytes = fs::read(mask).map_err(io_err(mask))?;
+    is_empty_mask(&bytes, &DecodeLimits::default()).map_err(|error| DatasetError::BadImage {
+        path: mask.to_path_buf(),
+        origin: origin.to_string(),
+        error,
+    })
 }

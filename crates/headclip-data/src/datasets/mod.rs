@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `mvtec` | MVTec AD: `<category>/test/<defect>/`, `<category>/ground_truth/<defect>/<stem>_mask.png` | `mvtec:data/mvtec,category=bottle+cable` |
 //! | `visa` | VisA: `split_csv/1cls.csv` (object,split,label,image,mask) | `visa:data/VisA_20220922` |
-//! | `folder` | normal / anomalous image folders, masks matched by stem | `folder:data/kvasir,anomalous=images,masks=masks` |
+//! | `folder` | normal / anomalous image folders, masks matched by stem; or one image folder labelled by its masks | `folder:data/kvasir,anomalous=images,masks=masks` |
 //! | `csv` | a CSV manifest of paths or ids and labels | `csv:data/headct/labels.csv,image=id,label=hemorrhage,template=head_ct/{:03}.png` |
 //! | `yesno` | image-level `yes/` (anomalous) and `no/` (normal) | `yesno:data/brainmri` |
 //!
@@ -15,20 +15,28 @@
 //!
 //! [`load`] lists the files and checks them before any compute: it reads directory entries and the
 //! first bytes of files (the format, and with [`LoadOptions::check_sizes`] the pixel size from
-//! the header) but never decodes an image. Problems that make an evaluation wrong are errors
-//! ([`DatasetError`]) naming the file, and the manifest line where there is one; problems a
-//! caller can live with (a stray non-image file, a mask whose size differs from its image) are
+//! the header) but never decodes an image, except the `folder` layout's masks: whether a mask is
+//! empty decides an image's label (`images=`) or a warning (`anomalous=`), and masks are small.
+//! Problems that make an evaluation wrong are errors ([`DatasetError`]) naming the file, and the manifest line where there is one; problems a
+//! caller can live with (a stray non-image file, a mask whose size differs from its image, an
+//! empty mask of an anomalous image, a manifest row given twice) are
 //! [`DatasetWarning`]s in [`Dataset::warnings`]. Samples are sorted by path, categories by name.
 
+mod category;
 mod fsutil;
 mod layouts;
+mod manifest;
+mod masks;
 mod spec;
-mod table;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use spec::{DataKind, DataSpec, Layout, SpecError, Split, Template, DATA_SPEC_HELP};
+pub use layouts::{
+    CsvOptions, DataKind, FolderOptions, Layout, MvtecOptions, VisaOptions, YesNoOptions,
+    DATA_SPEC_HELP,
+};
+pub use spec::{DataSpec, SpecError, Split, Template};
 
 use crate::images::DataError;
 
@@ -197,6 +205,24 @@ pub enum DatasetWarning {
         /// The first few of them.
         examples: Vec<PathBuf>,
     },
+    /// An anomalous image whose mask marks no pixel anomalous: its pixels all count as normal.
+    EmptyMask {
+        /// The image.
+        image: PathBuf,
+        /// Its mask.
+        mask: PathBuf,
+    },
+    /// A manifest lists an image again with the same label; the repeat was dropped.
+    DuplicateRow {
+        /// The manifest.
+        manifest: PathBuf,
+        /// The image.
+        image: PathBuf,
+        /// The line that listed it first.
+        first_line: usize,
+        /// The line of the repeat.
+        line: usize,
+    },
     /// Mask files that belong to no image (often a wrong `mask_suffix`).
     UnusedMasks {
         /// The mask folder.
@@ -230,6 +256,27 @@ impl fmt::Display for DatasetWarning {
             DatasetWarning::EmptyFolder { path } => {
                 write!(f, "folder {} holds no images", path.display())
             }
+            DatasetWarning::DuplicateRow {
+                manifest,
+                image,
+                first_line,
+                line,
+            } => write!(
+                f,
+                "{} line {line} lists {} again, with the same label as line {first_line}; it \
+                 is counted once",
+                manifest.display(),
+                image.display()
+            ),
+            _ => self.fmt_mask_warning(f),
+        }
+    }
+}
+
+impl DatasetWarning {
+    /// The warnings about masks, kept apart to keep `fmt` short.
+    fn fmt_mask_warning(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
             DatasetWarning::MaskSizeMismatch {
                 image,
                 mask,
@@ -255,6 +302,13 @@ impl fmt::Display for DatasetWarning {
                  the category is image-level, without pixel metrics",
                 list_paths(examples)
             ),
+            DatasetWarning::EmptyMask { image, mask } => write!(
+                f,
+                "anomalous image {} has an empty mask {} (no anomalous pixel): pixel metrics \
+                 count all its pixels as normal",
+                image.display(),
+                mask.display()
+            ),
             DatasetWarning::UnusedMasks {
                 folder,
                 count,
@@ -266,6 +320,7 @@ impl fmt::Display for DatasetWarning {
                 folder.display(),
                 list_paths(examples)
             ),
+            _ => unreachable!("fmt handles the other warnings"),
         }
     }
 }
@@ -432,6 +487,40 @@ pub enum DatasetError {
         /// The accepted values, e.g. `anomalous = 1, yes; normal = 0, no`.
         accepted: String,
     },
+    /// With `folder:...,images=DIR,masks=DIR` an image's mask is its label: one without is
+    /// an error.
+    #[error(
+        "image {} has no mask (expected {expected}); with images=, the mask gives the label: \
+         an empty mask means normal",
+        image.display()
+    )]
+    UnlabelledImage {
+        /// The image.
+        image: PathBuf,
+        /// Where its mask was looked for.
+        expected: String,
+    },
+    /// A manifest labels one image both normal and anomalous.
+    #[error(
+        "{}: {} is labelled {} on line {first_line} but {} on line {line}; an image has one \
+         label",
+        manifest.display(),
+        image.display(),
+        label_word(*first_anomalous),
+        label_word(!first_anomalous)
+    )]
+    ConflictingLabels {
+        /// The manifest.
+        manifest: PathBuf,
+        /// The image.
+        image: PathBuf,
+        /// The line that listed it first.
+        first_line: usize,
+        /// Whether that line says anomalous.
+        first_anomalous: bool,
+        /// The line that says the other label.
+        line: usize,
+    },
     /// A file that must be an image (listed by a manifest, or a mask) is not one.
     #[error("{} (listed in {origin}) is not an image: {reason}", path.display())]
     NotAnImage {
@@ -454,6 +543,14 @@ pub enum DatasetError {
     },
 }
 
+fn label_word(anomalous: bool) -> &'static str {
+    if anomalous {
+        "anomalous"
+    } else {
+        "normal"
+    }
+}
+
 fn accepted_labels(anomalous: &[String], normal: &[String]) -> String {
     format!(
         "anomalous = {}; normal = {}",
@@ -464,7 +561,24 @@ fn accepted_labels(anomalous: &[String], normal: &[String]) -> String {
 
 /// Lists and checks the data set `spec` names. See the module documentation.
 pub fn load(spec: &DataSpec, opts: &LoadOptions) -> Result<Dataset, DatasetError> {
-    layouts::load(spec, opts)
+    let loader = spec.layout.loader();
+    let (root, default_name) = loader.shown_root_and_name();
+    let name = spec
+        .name
+        .clone()
+        .or(default_name)
+        .unwrap_or_else(|| spec.kind().to_string());
+    let mut ctx = category::Ctx::new(opts);
+    let categories = loader.load(&mut ctx, &name)?;
+    let has_masks = categories.iter().all(|c| c.has_masks);
+    Ok(Dataset {
+        name,
+        kind: spec.kind(),
+        root,
+        categories,
+        has_masks,
+        warnings: ctx.warnings,
+    })
 }
 
 /// Parses `spec` and loads it.

@@ -1,155 +1,253 @@
-//! The `KIND:ROOT[,key=value...]` syntax of a data set on the command line.
+//! The generic `KIND:ROOT[,key=value...]` syntax of a data set on the command line: splitting at
+//! commas outside quotes, checking keys against the kind's, and the value types several layouts
+//! share (`+` lists, splits, file-name templates). What each key means is the layout's business
+//! (`layouts/`).
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-/// What `--help` prints about data set specs: the syntax of every kind, with examples.
-pub const DATA_SPEC_HELP: &str = "\
-A data set is one string: KIND:ROOT[,key=value...]
-Relative paths are taken from the current folder unless said otherwise. A value holding a comma
-or a double quote is written in double quotes, with \"\" for a quote: key=\"a,b\". Every kind takes
-name=NAME, the data set's display name (default: the root folder's name). Images are recognised
-by their bytes, not their extension; files whose name starts with '.' are ignored.
+use super::layouts::{DataKind, Layout};
 
-  mvtec:ROOT[,category=A+B][,split=test|train]
-      MVTec AD layout: ROOT/<category>/test/<defect>/<image> with masks at
-      ROOT/<category>/ground_truth/<defect>/<stem>_mask.<ext> (or <stem>.<ext>). ROOT may also be
-      a single category folder. test/good holds the normal images; every other defect folder is
-      anomalous and needs masks. category= keeps only the named categories. split=train reads
-      <category>/train/ (train/good: normal images only) instead of test/.
-  visa:ROOT[,category=A+B][,split=test|train][,manifest=split_csv/1cls.csv]
-      VisA: the manifest (default ROOT/split_csv/1cls.csv) has the columns
-      object,split,label,image,mask; label is normal or anomaly; paths are relative to ROOT; masks
-      are label maps (every value above 0 is anomalous). One category per object.
-  folder:[ROOT,]normal=DIR,anomalous=DIR[,masks=DIR][,mask_suffix=SUFFIX][,category=NAME]
-      Folders of normal and of anomalous images (either may be left out). With masks=, every
-      anomalous image X.<ext> needs a mask X<SUFFIX>.<any ext> there (matched by file stem;
-      mask_suffix defaults to nothing). With ROOT, relative folders are inside ROOT.
-  csv:MANIFEST,image=COL,label=COL[,anomalous=V1+V2][,normal=V1+V2][,mask=COL][,template=FMT][,category=NAME]
-      A CSV file with a header row (column names are trimmed). Paths are relative to the
-      manifest's folder. template= turns the image cell into a file name: {} is the value, {:0N}
-      the value zero-padded to N digits. Label values are trimmed and compared without case;
-      defaults: anomalous=1+true+yes+anomaly+anomalous+abnormal, normal=0+false+no+normal+good.
-      Without mask= the set is image-level (no pixel metrics).
-  yesno:ROOT[,yes=yes][,no=no][,category=NAME]
-      Image-level set: ROOT/yes holds anomalous images, ROOT/no normal ones.
-
-Examples:
-  mvtec:data/mvtec_anomaly_detection,category=bottle+cable
-  mvtec:data/CVC-ColonDB,name=ColonDB
-  visa:data/VisA_20220922,split=test
-  folder:anomalous=data/kvasir/images,masks=data/kvasir/masks
-  folder:data/kvasir,anomalous=images,masks=masks,name=Kvasir
-  csv:data/headct/labels.csv,image=id,label=hemorrhage,template=head_ct/{:03}.png
-  yesno:data/brainmri,name=BrainMRI";
-
-const SYNTAX_MVTEC: &str = "mvtec:ROOT[,category=A+B][,split=test|train][,name=NAME]";
-const SYNTAX_VISA: &str =
-    "visa:ROOT[,category=A+B][,split=test|train][,manifest=split_csv/1cls.csv][,name=NAME]";
-const SYNTAX_FOLDER: &str = "folder:[ROOT,]normal=DIR,anomalous=DIR[,masks=DIR]\
-                             [,mask_suffix=SUFFIX][,category=NAME][,name=NAME]";
-const SYNTAX_CSV: &str = "csv:MANIFEST,image=COL,label=COL[,anomalous=V1+V2][,normal=V1+V2]\
-                          [,mask=COL][,template=FMT][,category=NAME][,name=NAME]";
-const SYNTAX_YESNO: &str = "yesno:ROOT[,yes=yes][,no=no][,category=NAME][,name=NAME]";
-
-/// The layout family of a data set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DataKind {
-    /// MVTec AD folders (`<category>/test/<defect>/`, `<category>/ground_truth/<defect>/`).
-    Mvtec,
-    /// VisA with its `split_csv/1cls.csv` manifest.
-    Visa,
-    /// A folder of normal images and/or a folder of anomalous images, masks matched by stem.
-    Folder,
-    /// A CSV manifest of image paths (or ids) and labels.
-    Csv,
-    /// Image-level `yes/` (anomalous) and `no/` (normal) folders.
-    YesNo,
+/// A parsed `--data` value: one data set. Parse with [`str::parse`]; see
+/// [`DATA_SPEC_HELP`](super::DATA_SPEC_HELP).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataSpec {
+    /// Where the files are and the options of the kind.
+    pub layout: Layout,
+    /// The display name given with `name=`.
+    pub name: Option<String>,
+    text: String,
 }
 
-impl DataKind {
-    /// Every kind, in the order the help lists them.
-    pub const ALL: [DataKind; 5] = [
-        DataKind::Mvtec,
-        DataKind::Visa,
-        DataKind::Folder,
-        DataKind::Csv,
-        DataKind::YesNo,
-    ];
-
-    /// The word used before the colon of a spec.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DataKind::Mvtec => "mvtec",
-            DataKind::Visa => "visa",
-            DataKind::Folder => "folder",
-            DataKind::Csv => "csv",
-            DataKind::YesNo => "yesno",
-        }
+impl DataSpec {
+    /// The kind of the layout.
+    pub fn kind(&self) -> DataKind {
+        self.layout.kind()
     }
 
-    /// The one-line syntax of this kind.
-    pub fn syntax(self) -> &'static str {
-        match self {
-            DataKind::Mvtec => SYNTAX_MVTEC,
-            DataKind::Visa => SYNTAX_VISA,
-            DataKind::Folder => SYNTAX_FOLDER,
-            DataKind::Csv => SYNTAX_CSV,
-            DataKind::YesNo => SYNTAX_YESNO,
-        }
-    }
-
-    /// The option keys this kind accepts (besides its root).
-    pub fn keys(self) -> &'static [&'static str] {
-        match self {
-            DataKind::Mvtec => &["name", "category", "split"],
-            DataKind::Visa => &["name", "category", "split", "manifest"],
-            DataKind::Folder => &[
-                "name",
-                "normal",
-                "anomalous",
-                "masks",
-                "mask_suffix",
-                "category",
-            ],
-            DataKind::Csv => &[
-                "name",
-                "image",
-                "label",
-                "anomalous",
-                "normal",
-                "mask",
-                "template",
-                "category",
-            ],
-            DataKind::YesNo => &["name", "yes", "no", "category"],
-        }
+    /// The spec as it was written (trimmed).
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 }
 
-impl fmt::Display for DataKind {
+impl fmt::Display for DataSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(&self.text)
     }
 }
 
-impl FromStr for DataKind {
-    type Err = String;
+/// A spec string that does not follow the syntax. Its message says what was expected and shows
+/// the syntax of the kind (or of every kind).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid data set spec \"{spec}\": {message}\n{}", syntax_block(*.kind))]
+pub struct SpecError {
+    /// The text that was parsed.
+    pub spec: String,
+    /// What is wrong.
+    pub message: String,
+    /// The kind, when it was recognised.
+    pub kind: Option<DataKind>,
+}
+
+fn syntax_block(kind: Option<DataKind>) -> String {
+    match kind {
+        Some(k) => format!("expected: {}\n(see --help for every kind)", k.syntax()),
+        None => {
+            let mut s = String::from("expected one of:");
+            for k in DataKind::ALL {
+                s.push_str("\n  ");
+                s.push_str(&k.syntax());
+            }
+            s
+        }
+    }
+}
+
+impl FromStr for DataSpec {
+    type Err = SpecError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let t = s.trim().to_ascii_lowercase();
-        DataKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == t)
-            .ok_or_else(|| {
-                format!(
-                    "unknown data set kind \"{}\"; expected one of {}",
-                    s.trim(),
-                    DataKind::ALL.map(|k| k.as_str()).join(", ")
-                )
-            })
+        let text = s.trim().to_string();
+        let fail = |kind: Option<DataKind>, message: String| SpecError {
+            spec: text.clone(),
+            message,
+            kind,
+        };
+        let Some((kind_text, rest)) = text.split_once(':') else {
+            let kinds = DataKind::ALL.map(|k| k.as_str()).join(", ");
+            let message = format!("expected KIND:ROOT[,key=value...], with KIND one of {kinds}");
+            return Err(fail(None, message));
+        };
+        let kind: DataKind = kind_text.parse().map_err(|m| fail(None, m))?;
+        let fail = |m: String| fail(Some(kind), m);
+        let mut options = Options::tokenise(kind, rest).map_err(fail)?;
+        let name = options.text("name");
+        let layout = Layout::parse(kind, &mut options).map_err(fail)?;
+        debug_assert!(options.items.is_empty(), "every accepted key is consumed");
+        Ok(DataSpec { layout, name, text })
     }
+}
+
+/// The root and the `key=value` items of a spec, keys checked against the kind's. Layouts take
+/// the values out by key, each in the type it needs.
+#[derive(Debug)]
+pub(crate) struct Options {
+    kind: DataKind,
+    root: Option<String>,
+    items: Vec<(String, String)>,
+}
+
+impl Options {
+    /// Splits the text after `KIND:` into the root and options, refusing unknown, repeated or
+    /// empty keys.
+    fn tokenise(kind: DataKind, rest: &str) -> Result<Options, String> {
+        let mut options = Options {
+            kind,
+            root: None,
+            items: Vec::new(),
+        };
+        for (i, item) in split_items(rest)?.into_iter().enumerate() {
+            match item.split_once('=') {
+                // Only a kind whose root is optional may start with an option; elsewhere a first
+                // item holding '=' is a path.
+                Some((key, value)) if i > 0 || options.starts_with_option(key) => {
+                    options.push(key, value)?
+                }
+                _ if i > 0 => {
+                    return Err(format!(
+                        "expected key=value after the first comma, got \"{item}\" (write a value \
+                         holding a comma in double quotes)"
+                    ))
+                }
+                _ if item.trim().is_empty() => return Err(options.missing_root()),
+                _ => options.root = Some(item),
+            }
+        }
+        Ok(options)
+    }
+
+    /// Every kind takes `name=`; the others are the kind's own.
+    fn accepts(&self, key: &str) -> bool {
+        key == "name" || self.kind.info().keys.contains(&key)
+    }
+
+    fn starts_with_option(&self, key: &str) -> bool {
+        self.kind.info().root_optional && self.accepts(&key.trim().to_ascii_lowercase())
+    }
+
+    fn push(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let info = self.kind.info();
+        let key = key.trim().to_ascii_lowercase();
+        if !self.accepts(&key) {
+            return Err(format!(
+                "unknown option \"{key}\" for {}; accepted options: {}",
+                self.kind,
+                self.kind.keys().join(", ")
+            ));
+        }
+        if self.items.iter().any(|(k, _)| *k == key) {
+            return Err(format!("option \"{key}\" is given twice"));
+        }
+        if value.trim().is_empty() && !info.may_be_empty.contains(&key.as_str()) {
+            return Err(format!("option \"{key}\" has an empty value"));
+        }
+        self.items.push((key, value.to_string()));
+        Ok(())
+    }
+
+    fn missing_root(&self) -> String {
+        format!(
+            "the {} is missing after \"{}:\"",
+            self.kind.info().root_what,
+            self.kind
+        )
+    }
+
+    /// The root, which this kind requires.
+    pub fn root(&mut self) -> Result<PathBuf, String> {
+        self.optional_root().ok_or_else(|| self.missing_root())
+    }
+
+    /// The root, for a kind where it may be left out.
+    pub fn optional_root(&mut self) -> Option<PathBuf> {
+        self.root.take().map(PathBuf::from)
+    }
+
+    /// The value of `key` as written (not trimmed).
+    pub fn raw(&mut self, key: &str) -> Option<String> {
+        let i = self.items.iter().position(|(k, _)| k == key)?;
+        Some(self.items.remove(i).1)
+    }
+
+    /// The value of `key`, trimmed.
+    pub fn text(&mut self, key: &str) -> Option<String> {
+        self.raw(key).map(|v| v.trim().to_string())
+    }
+
+    /// The value of `key` as a path.
+    pub fn path(&mut self, key: &str) -> Option<PathBuf> {
+        self.text(key).map(PathBuf::from)
+    }
+
+    /// A `+`-joined list of names, e.g. `category=bottle+cable`.
+    pub fn list(&mut self, key: &str) -> Result<Option<Vec<String>>, String> {
+        let Some(value) = self.raw(key) else {
+            return Ok(None);
+        };
+        let list: Vec<String> = value.split('+').map(|v| v.trim().to_string()).collect();
+        if list.iter().any(|v| v.is_empty()) {
+            return Err(format!(
+                "{key}={value} has an empty entry; expected names joined by '+', e.g. {key}=a+b"
+            ));
+        }
+        Ok(Some(list))
+    }
+
+    /// `split=test|train`, test when absent.
+    pub fn split(&mut self) -> Result<Split, String> {
+        match self
+            .text("split")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("test") => Ok(Split::Test),
+            Some("train") => Ok(Split::Train),
+            Some(other) => Err(format!(
+                "split={other} is not a split; expected split=test or split=train"
+            )),
+        }
+    }
+
+    /// A file-name [`Template`].
+    pub fn template(&mut self, key: &str) -> Result<Option<Template>, String> {
+        self.text(key).map(|t| Template::parse(&t)).transpose()
+    }
+}
+
+/// Splits at commas outside double quotes; quotes are removed and `""` inside them is a quote.
+fn split_items(s: &str) -> Result<Vec<String>, String> {
+    let mut items = Vec::new();
+    let mut cur = String::new();
+    let mut in_quotes = false;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if in_quotes && chars.peek() == Some(&'"') => {
+                chars.next();
+                cur.push('"');
+            }
+            '"' => in_quotes = !in_quotes,
+            ',' if !in_quotes => items.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    if in_quotes {
+        return Err("a double quote is not closed".into());
+    }
+    items.push(cur);
+    Ok(items)
 }
 
 /// Which part of an MVTec AD or VisA data set to read.
@@ -195,6 +293,37 @@ pub struct Template {
     pieces: Vec<Piece>,
 }
 
+/// Reads up to the closing '}', which it consumes; `None` when there is none.
+fn read_placeholder(chars: &mut impl Iterator<Item = char>) -> Option<String> {
+    let mut inner = String::new();
+    for c in chars {
+        if c == '}' {
+            return Some(inner);
+        }
+        inner.push(c);
+    }
+    None
+}
+
+/// The padding width of the placeholder `{inner}`: `None` for `{}`, N for `{:0N}`.
+fn placeholder_width(text: &str, inner: &str) -> Result<Option<usize>, String> {
+    if inner.is_empty() {
+        return Ok(None);
+    }
+    inner
+        .strip_prefix(":0")
+        .filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|w| w.parse::<usize>().ok())
+        .filter(|&w| w <= 64)
+        .map(Some)
+        .ok_or_else(|| {
+            format!(
+                "template \"{text}\" has the placeholder {{{inner}}}; expected {{}} or {{:0N}} \
+                 (N digits, zero-padded)"
+            )
+        })
+}
+
 impl Template {
     /// Parses a template; it must hold at least one placeholder.
     pub fn parse(text: &str) -> Result<Template, String> {
@@ -203,49 +332,18 @@ impl Template {
         let mut chars = text.chars().peekable();
         while let Some(c) = chars.next() {
             match c {
-                '{' if chars.peek() == Some(&'{') => {
+                '{' | '}' if chars.peek() == Some(&c) => {
                     chars.next();
-                    lit.push('{');
-                }
-                '}' if chars.peek() == Some(&'}') => {
-                    chars.next();
-                    lit.push('}');
+                    lit.push(c);
                 }
                 '{' => {
-                    let mut inner = String::new();
-                    let mut closed = false;
-                    for c in chars.by_ref() {
-                        if c == '}' {
-                            closed = true;
-                            break;
-                        }
-                        inner.push(c);
-                    }
-                    if !closed {
+                    let Some(inner) = read_placeholder(&mut chars) else {
                         return Err(format!("template \"{text}\" has a '{{' without its '}}'"));
-                    }
-                    let pad = if inner.is_empty() {
-                        None
-                    } else {
-                        let width = inner
-                            .strip_prefix(":0")
-                            .filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()))
-                            .and_then(|w| w.parse::<usize>().ok())
-                            .filter(|&w| w <= 64);
-                        match width {
-                            Some(w) => Some(w),
-                            None => {
-                                return Err(format!(
-                                    "template \"{text}\" has the placeholder {{{inner}}}; \
-                                     expected {{}} or {{:0N}} (N digits, zero-padded)"
-                                ))
-                            }
-                        }
                     };
                     if !lit.is_empty() {
                         pieces.push(Piece::Text(std::mem::take(&mut lit)));
                     }
-                    pieces.push(Piece::Value(pad));
+                    pieces.push(Piece::Value(placeholder_width(text, &inner)?));
                 }
                 '}' => {
                     return Err(format!(
@@ -295,381 +393,5 @@ impl Template {
     /// The template as written.
     pub fn as_str(&self) -> &str {
         &self.text
-    }
-}
-
-/// How a data set is laid out on disk, with the options of its kind.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Layout {
-    /// `mvtec:ROOT[,category=A+B][,split=test|train]`.
-    Mvtec {
-        /// The folder of categories, or one category folder.
-        root: PathBuf,
-        /// Categories to keep (`None`: all).
-        categories: Option<Vec<String>>,
-        /// The split to read.
-        split: Split,
-    },
-    /// `visa:ROOT[,category=A+B][,split=test|train][,manifest=PATH]`.
-    Visa {
-        /// The folder holding `split_csv/` and one folder per object.
-        root: PathBuf,
-        /// Objects to keep (`None`: all).
-        categories: Option<Vec<String>>,
-        /// The split to read.
-        split: Split,
-        /// The manifest, relative to `root` unless absolute (default `split_csv/1cls.csv`).
-        manifest: PathBuf,
-    },
-    /// `folder:[ROOT,]normal=DIR,anomalous=DIR[,masks=DIR][,mask_suffix=S][,category=NAME]`.
-    Folder {
-        /// The folder the others are relative to, if given.
-        root: Option<PathBuf>,
-        /// Normal images.
-        normal: Option<PathBuf>,
-        /// Anomalous images.
-        anomalous: Option<PathBuf>,
-        /// Masks of the anomalous images.
-        masks: Option<PathBuf>,
-        /// Appended to an image's stem to give its mask's stem.
-        mask_suffix: String,
-        /// The category's name (default: the data set's name).
-        category: Option<String>,
-    },
-    /// `csv:MANIFEST,image=COL,label=COL[,...]`.
-    Csv {
-        /// The CSV file.
-        manifest: PathBuf,
-        /// Column of image paths (or ids, with `template`).
-        image_column: String,
-        /// Column of labels.
-        label_column: String,
-        /// Label values meaning anomalous (lower case).
-        anomalous_values: Vec<String>,
-        /// Label values meaning normal (lower case).
-        normal_values: Vec<String>,
-        /// Column of mask paths, if any (empty cells: no mask).
-        mask_column: Option<String>,
-        /// Turns the image cell into a path.
-        template: Option<Template>,
-        /// The category's name (default: the data set's name).
-        category: Option<String>,
-    },
-    /// `yesno:ROOT[,yes=DIR][,no=DIR][,category=NAME]`.
-    YesNo {
-        /// The folder holding the two folders.
-        root: PathBuf,
-        /// Folder of anomalous images, inside `root`.
-        yes: String,
-        /// Folder of normal images, inside `root`.
-        no: String,
-        /// The category's name (default: the data set's name).
-        category: Option<String>,
-    },
-}
-
-/// A parsed `--data` value: one data set. Parse with [`str::parse`]; see [`DATA_SPEC_HELP`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DataSpec {
-    /// Where the files are and the options of the kind.
-    pub layout: Layout,
-    /// The display name given with `name=`.
-    pub name: Option<String>,
-    text: String,
-}
-
-impl DataSpec {
-    /// The kind of the layout.
-    pub fn kind(&self) -> DataKind {
-        match self.layout {
-            Layout::Mvtec { .. } => DataKind::Mvtec,
-            Layout::Visa { .. } => DataKind::Visa,
-            Layout::Folder { .. } => DataKind::Folder,
-            Layout::Csv { .. } => DataKind::Csv,
-            Layout::YesNo { .. } => DataKind::YesNo,
-        }
-    }
-
-    /// The spec as it was written (trimmed).
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-}
-
-impl fmt::Display for DataSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
-/// A spec string that does not follow the syntax. Its message says what was expected and shows
-/// the syntax of the kind (or of every kind).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid data set spec \"{spec}\": {message}\n{}", syntax_block(*.kind))]
-pub struct SpecError {
-    /// The text that was parsed.
-    pub spec: String,
-    /// What is wrong.
-    pub message: String,
-    /// The kind, when it was recognised.
-    pub kind: Option<DataKind>,
-}
-
-fn syntax_block(kind: Option<DataKind>) -> String {
-    match kind {
-        Some(k) => format!("expected: {}\n(see --help for every kind)", k.syntax()),
-        None => {
-            let mut s = String::from("expected one of:");
-            for k in DataKind::ALL {
-                s.push_str("\n  ");
-                s.push_str(k.syntax());
-            }
-            s
-        }
-    }
-}
-
-/// Splits at commas outside double quotes; quotes are removed and `""` inside them is a quote.
-fn split_items(s: &str) -> Result<Vec<String>, String> {
-    let mut items = Vec::new();
-    let mut cur = String::new();
-    let mut in_quotes = false;
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if in_quotes && chars.peek() == Some(&'"') => {
-                chars.next();
-                cur.push('"');
-            }
-            '"' => in_quotes = !in_quotes,
-            ',' if !in_quotes => items.push(std::mem::take(&mut cur)),
-            c => cur.push(c),
-        }
-    }
-    if in_quotes {
-        return Err("a double quote is not closed".into());
-    }
-    items.push(cur);
-    Ok(items)
-}
-
-fn plus_list(key: &str, value: &str) -> Result<Vec<String>, String> {
-    let list: Vec<String> = value.split('+').map(|v| v.trim().to_string()).collect();
-    if list.iter().any(|v| v.is_empty()) {
-        return Err(format!(
-            "{key}={value} has an empty entry; expected names joined by '+', e.g. {key}=a+b"
-        ));
-    }
-    Ok(list)
-}
-
-impl FromStr for DataSpec {
-    type Err = SpecError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let text = s.trim().to_string();
-        let fail = |kind: Option<DataKind>, message: String| SpecError {
-            spec: text.clone(),
-            message,
-            kind,
-        };
-        let Some((kind_text, rest)) = text.split_once(':') else {
-            return Err(fail(
-                None,
-                "expected KIND:ROOT[,key=value...], with KIND one of mvtec, visa, folder, csv, \
-                 yesno"
-                    .into(),
-            ));
-        };
-        let kind: DataKind = kind_text.parse().map_err(|m| fail(None, m))?;
-        let fail = |m: String| fail(Some(kind), m);
-        let items = split_items(rest).map_err(fail)?;
-
-        let mut root: Option<String> = None;
-        let mut opts: Vec<(String, String)> = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            let key_value = item.split_once('=').map(|(k, v)| (k.trim(), v));
-            let is_option = match key_value {
-                Some((k, _)) if i > 0 || kind == DataKind::Folder => {
-                    i > 0 || kind.keys().contains(&k.to_ascii_lowercase().as_str())
-                }
-                _ => false,
-            };
-            if !is_option {
-                if i > 0 {
-                    return Err(fail(format!(
-                        "expected key=value after the first comma, got \"{item}\" (write a value \
-                         holding a comma in double quotes)"
-                    )));
-                }
-                if item.trim().is_empty() {
-                    return Err(fail(format!(
-                        "the {} is missing after \"{kind}:\"",
-                        if kind == DataKind::Csv {
-                            "manifest file"
-                        } else {
-                            "root folder"
-                        }
-                    )));
-                }
-                root = Some(item.clone());
-                continue;
-            }
-            let (k, v) = key_value.expect("is_option implies key=value");
-            let k = k.to_ascii_lowercase();
-            if !kind.keys().contains(&k.as_str()) {
-                return Err(fail(format!(
-                    "unknown option \"{k}\" for {kind}; accepted options: {}",
-                    kind.keys().join(", ")
-                )));
-            }
-            if opts.iter().any(|(o, _)| *o == k) {
-                return Err(fail(format!("option \"{k}\" is given twice")));
-            }
-            if v.trim().is_empty() && k != "mask_suffix" {
-                return Err(fail(format!("option \"{k}\" has an empty value")));
-            }
-            opts.push((k, v.to_string()));
-        }
-
-        let mut take = |key: &str| -> Option<String> {
-            let i = opts.iter().position(|(k, _)| k == key)?;
-            Some(opts.remove(i).1)
-        };
-        let name = take("name").map(|n| n.trim().to_string());
-        let trimmed = |v: Option<String>| v.map(|v| v.trim().to_string());
-        let need_root = |root: Option<String>| -> Result<PathBuf, SpecError> {
-            root.map(PathBuf::from).ok_or_else(|| {
-                fail(format!(
-                    "the {} is missing after \"{kind}:\"",
-                    if kind == DataKind::Csv {
-                        "manifest file"
-                    } else {
-                        "root folder"
-                    }
-                ))
-            })
-        };
-        let split = |v: Option<String>| -> Result<Split, SpecError> {
-            match v
-                .as_deref()
-                .map(|v| v.trim().to_ascii_lowercase())
-                .as_deref()
-            {
-                None | Some("test") => Ok(Split::Test),
-                Some("train") => Ok(Split::Train),
-                Some(_) => Err(fail(format!(
-                    "split={} is not a split; expected split=test or split=train",
-                    v.unwrap_or_default()
-                ))),
-            }
-        };
-        let categories = |v: Option<String>| -> Result<Option<Vec<String>>, SpecError> {
-            v.map(|v| plus_list("category", &v))
-                .transpose()
-                .map_err(fail)
-        };
-
-        let layout = match kind {
-            DataKind::Mvtec => Layout::Mvtec {
-                root: need_root(root)?,
-                categories: categories(take("category"))?,
-                split: split(take("split"))?,
-            },
-            DataKind::Visa => Layout::Visa {
-                root: need_root(root)?,
-                categories: categories(take("category"))?,
-                split: split(take("split"))?,
-                manifest: trimmed(take("manifest"))
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("split_csv/1cls.csv")),
-            },
-            DataKind::Folder => {
-                let normal = trimmed(take("normal")).map(PathBuf::from);
-                let anomalous = trimmed(take("anomalous")).map(PathBuf::from);
-                let masks = trimmed(take("masks")).map(PathBuf::from);
-                let mask_suffix = take("mask_suffix");
-                if normal.is_none() && anomalous.is_none() {
-                    return Err(fail(
-                        "expected normal=DIR and/or anomalous=DIR (folders of images)".into(),
-                    ));
-                }
-                if masks.is_none() && mask_suffix.is_some() {
-                    return Err(fail("mask_suffix= needs masks=DIR".into()));
-                }
-                if masks.is_some() && anomalous.is_none() {
-                    return Err(fail(
-                        "masks= belongs to anomalous images, but anomalous=DIR is missing".into(),
-                    ));
-                }
-                Layout::Folder {
-                    root: root.map(PathBuf::from),
-                    normal,
-                    anomalous,
-                    masks,
-                    mask_suffix: mask_suffix.unwrap_or_default(),
-                    category: trimmed(take("category")),
-                }
-            }
-            DataKind::Csv => {
-                let manifest = need_root(root)?;
-                let image_column = trimmed(take("image"));
-                let label_column = trimmed(take("label"));
-                let (Some(image_column), Some(label_column)) = (image_column, label_column) else {
-                    return Err(fail(
-                        "expected image=COL and label=COL (the manifest's column names)".into(),
-                    ));
-                };
-                let lower = |v: Vec<String>| -> Vec<String> {
-                    v.into_iter().map(|s| s.to_lowercase()).collect()
-                };
-                let anomalous_values = match take("anomalous") {
-                    Some(v) => lower(plus_list("anomalous", &v).map_err(fail)?),
-                    None => lower(
-                        ["1", "true", "yes", "anomaly", "anomalous", "abnormal"]
-                            .map(String::from)
-                            .to_vec(),
-                    ),
-                };
-                let normal_values = match take("normal") {
-                    Some(v) => lower(plus_list("normal", &v).map_err(fail)?),
-                    None => {
-                        let defaults = ["0", "false", "no", "normal", "good"];
-                        defaults
-                            .iter()
-                            .map(|s| s.to_string())
-                            .filter(|s| !anomalous_values.contains(s))
-                            .collect()
-                    }
-                };
-                if let Some(both) = anomalous_values.iter().find(|v| normal_values.contains(v)) {
-                    return Err(fail(format!(
-                        "label value \"{both}\" is both anomalous and normal"
-                    )));
-                }
-                let template = take("template")
-                    .map(|t| Template::parse(t.trim()))
-                    .transpose()
-                    .map_err(fail)?;
-                Layout::Csv {
-                    manifest,
-                    image_column,
-                    label_column,
-                    anomalous_values,
-                    normal_values,
-                    mask_column: trimmed(take("mask")),
-                    template,
-                    category: trimmed(take("category")),
-                }
-            }
-            DataKind::YesNo => Layout::YesNo {
-                root: need_root(root)?,
-                yes: trimmed(take("yes")).unwrap_or_else(|| "yes".into()),
-                no: trimmed(take("no")).unwrap_or_else(|| "no".into()),
-                category: trimmed(take("category")),
-            },
-        };
-        debug_assert!(opts.is_empty(), "every accepted key is consumed");
-        Ok(DataSpec { layout, name, text })
     }
 }

@@ -33,6 +33,47 @@ pub(crate) fn sniff(bytes: &[u8]) -> Option<ImageFormat> {
     }
 }
 
+/// What a file that is not an image looks like, from its first bytes, for messages: users
+/// recognise "an HTML page" (a failed download) where a hex dump tells them nothing.
+pub(crate) fn looks_like(bytes: &[u8]) -> &'static str {
+    let starts = |m: &[u8]| bytes.starts_with(m);
+    let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let lower = String::from_utf8_lossy(text)
+        .trim_start()
+        .to_ascii_lowercase();
+    if starts(b"%PDF-") {
+        "a PDF"
+    } else if starts(b"PK\x03\x04") || starts(b"PK\x05\x06") {
+        "a ZIP archive"
+    } else if starts(b"\x1F\x8B") {
+        "a gzip archive"
+    } else if starts(b"version https://git-lfs") {
+        "a Git LFS pointer (the file itself was not downloaded)"
+    } else if lower.starts_with("<!doctype html") || lower.starts_with("<html") {
+        "HTML"
+    } else if is_text(text) {
+        "text"
+    } else {
+        "unknown binary"
+    }
+}
+
+/// UTF-8 without control characters other than tabs and line breaks; a character cut off at
+/// the end of the sample still counts.
+fn is_text(bytes: &[u8]) -> bool {
+    let valid = match std::str::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) if e.error_len().is_none() => {
+            std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default()
+        }
+        Err(_) => return false,
+    };
+    !valid.is_empty()
+        && valid
+            .chars()
+            .all(|c| !c.is_control() || matches!(c, '\t' | '\n' | '\r'))
+}
+
 fn image_crate_format(f: ImageFormat) -> ImgFormat {
     match f {
         ImageFormat::Png => ImgFormat::Png,
@@ -96,7 +137,7 @@ pub(crate) fn dimensions(bytes: &[u8]) -> Result<(ImageFormat, u32, u32), DataEr
         return Err(DataError::Empty);
     }
     let format = sniff(bytes).ok_or_else(|| DataError::UnknownFormat {
-        head: bytes.iter().take(8).map(|b| format!("{b:02x}")).collect(),
+        looks_like: looks_like(bytes),
     })?;
     let (w, h) = match format {
         ImageFormat::Png => {
@@ -303,6 +344,29 @@ pub(crate) fn decode_grey(bytes: &[u8], limits: &DecodeLimits) -> Result<Grey, D
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_images_are_described_not_dumped() {
+        let cases: [(&[u8], &str); 8] = [
+            (b"these are notes\n", "text"),
+            (b"\xEF\xBB\xBFid,label\n0,1\n", "text"),
+            (b"%PDF-1.7\n%\xE2\xE3", "a PDF"),
+            (b"PK\x03\x04\x14\x00\x00\x00", "a ZIP archive"),
+            (b"  <!DOCTYPE html><html>", "HTML"),
+            (
+                b"version https://git-lfs.github.com/spec/v1\n",
+                "a Git LFS pointer (the file itself was not downloaded)",
+            ),
+            (b"\x00\x01\x02\xFE\xFF\x00", "unknown binary"),
+            // A multi-byte character cut at the end of the sample is still text.
+            (b"caf\xC3", "text"),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(looks_like(bytes), want, "{bytes:?}");
+        }
+        let e = dimensions(b"%PDF-1.7 and more").unwrap_err().to_string();
+        assert_eq!(e, "not an image: the file looks like a PDF");
+    }
 
     #[test]
     fn cmyk_matches_pil_formula() {

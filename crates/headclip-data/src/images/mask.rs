@@ -43,6 +43,13 @@ fn binarise(g: &Grey) -> Vec<u8> {
         .collect()
 }
 
+/// Whether a mask marks no pixel anomalous by the rule of [`binarise`], judged on the raw
+/// mask: a region too small to survive resizing still makes it non-empty.
+pub(crate) fn is_empty_mask(bytes: &[u8], limits: &DecodeLimits) -> Result<bool, DataError> {
+    let g = decode_grey(bytes, limits)?;
+    Ok(binarise(&g).iter().all(|&v| v == 0))
+}
+
 /// Decodes a mask file of any supported format and depth and resizes it to `side`×`side`.
 pub(crate) fn decode_mask(
     bytes: &[u8],

@@ -145,10 +145,10 @@ pub enum DataError {
     #[error("empty file (0 bytes), not an image")]
     Empty,
     /// The bytes start like no supported image format.
-    #[error("not an image: unrecognised format (first bytes {head})")]
+    #[error("not an image: the file looks like {looks_like}")]
     UnknownFormat {
-        /// The first bytes, in hex.
-        head: String,
+        /// What the bytes look like instead: "text", "a ZIP archive", "unknown binary"...
+        looks_like: &'static str,
     },
     /// The header declares more pixels than [`DecodeLimits::max_pixels`]; nothing was decoded.
     #[error(
@@ -214,6 +214,12 @@ pub enum DataError {
 /// Recognises the image format from the magic bytes (file names lie).
 pub fn sniff_format(bytes: &[u8]) -> Option<ImageFormat> {
     decode::sniff(bytes)
+}
+
+/// What bytes that are no image look like ("text", "a PDF", "HTML", "unknown binary"...), for
+/// messages.
+pub(crate) fn looks_like(bytes: &[u8]) -> &'static str {
+    decode::looks_like(bytes)
 }
 
 /// Whether the bytes start like a supported image format (nothing is decoded).
@@ -311,6 +317,12 @@ pub fn preprocess(img: &RgbImage, side: u32) -> Vec<f32> {
 /// bilinear and kept where > 127.
 pub fn decode_mask(bytes: &[u8], side: u32, limits: &DecodeLimits) -> Result<Mask, DataError> {
     mask::decode_mask(bytes, side, limits)
+}
+
+/// Whether a mask marks no pixel anomalous (all below the [`decode_mask`] rule's threshold),
+/// before resizing. Decodes the whole mask.
+pub(crate) fn is_empty_mask(bytes: &[u8], limits: &DecodeLimits) -> Result<bool, DataError> {
+    mask::is_empty_mask(bytes, limits)
 }
 
 /// [`decode_mask`] on a file; errors name the file.
