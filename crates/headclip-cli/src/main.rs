@@ -54,6 +54,10 @@ fn main() {
         .without_time()
         .init();
     let cli = Cli::parse();
+    if let Err(e) = apply_cpu_chunk() {
+        eprintln!("error: {e}");
+        std::process::exit(EXIT_SETUP);
+    }
     let result = match cli.command {
         Command::Predict(args) => cmd_predict::run(args),
         Command::Train(args) => cmd_train::run(args),
@@ -68,5 +72,22 @@ fn main() {
             eprintln!("error: {e:#}");
             std::process::exit(EXIT_SETUP);
         }
+    }
+}
+
+/// `HEADCLIP_CPU_CHUNK=N`: images per forward pass on the CPU (default 1, the fastest here), for
+/// tests that must push real batches through the model and for benchmarks comparing chunks.
+fn apply_cpu_chunk() -> Result<(), String> {
+    let Ok(value) = std::env::var("HEADCLIP_CPU_CHUNK") else {
+        return Ok(());
+    };
+    match value.parse::<i64>() {
+        Ok(n) if n >= 1 => {
+            headclip::model::set_cpu_chunk(n);
+            Ok(())
+        }
+        _ => Err(format!(
+            "HEADCLIP_CPU_CHUNK must be a whole number ≥ 1, not {value:?}"
+        )),
     }
 }

@@ -205,15 +205,59 @@ fn batching_does_not_change_scores() {
     .iter()
     .map(|f| images.join(f).display().to_string())
     .collect();
-    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
-    let one = lines(&run_predict(&refs));
-    let mut batched = vec!["--batch-size", "3"];
-    batched.extend(&refs);
-    let three = lines(&run_predict(&batched));
-    for (a, b) in one.iter().zip(&three) {
-        let (x, y) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
-        assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+    let run = |batch: &str, chunk: &str| {
+        let mut args = model_args();
+        args.extend(["--batch-size".to_string(), batch.to_string()]);
+        args.extend(files.iter().cloned());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env = [
+            ("HEADCLIP_CPU_CHUNK", chunk),
+            ("HEADCLIP_LOG", "headclip=debug"),
+        ];
+        let out = headclip(&refs, &env);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "batch {batch}: {stderr}");
+        (lines(&out), stderr)
+    };
+    let (one, one_log) = run("1", "1");
+    // A real batch of three through one forward pass (on the CPU the default is one at a time).
+    let (three, three_log) = run("3", "3");
+    assert_eq!(
+        one_log.matches("forward pass of 1 images").count(),
+        3,
+        "{one_log}"
+    );
+    assert_eq!(
+        three_log.matches("forward pass of 3 images").count(),
+        1,
+        "{three_log}"
+    );
+    assert_eq!((one.len(), three.len()), (3, 3));
+    for ((a, b), file) in one.iter().zip(&three).zip(&files) {
+        assert_eq!(a["path"], file.as_str());
+        assert_eq!(b["path"], file.as_str());
+        for key in [
+            "score",
+            "global_score",
+            "pixel_score",
+            "map_max",
+            "map_mean",
+        ] {
+            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+            assert!((x - y).abs() < 1e-5, "{file} {key}: {x} vs {y}");
+        }
     }
+}
+
+#[test]
+fn cpu_chunk_setting_is_checked() {
+    let image = repo().join("examples/images/bottle_good_000.png");
+    let mut args = model_args();
+    args.push(image.display().to_string());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = headclip(&refs, &[("HEADCLIP_CPU_CHUNK", "0")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HEADCLIP_CPU_CHUNK"));
 }
 
 #[test]

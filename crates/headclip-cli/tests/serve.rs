@@ -390,7 +390,23 @@ fn health_page_metrics_and_colour_scale() {
 
 #[test]
 fn detect_raw_and_multipart() {
-    let server = Server::start(&[]);
+    // Real batches through the model: on the CPU a batch is otherwise scored one image at a
+    // time, and "batched" would compare single-image runs.
+    let server = Server::start_with(
+        &[
+            "--weights",
+            tiny("clip_openai.safetensors").to_str().unwrap(),
+            "--params",
+            tiny("params_learned.safetensors").to_str().unwrap(),
+            "--threads",
+            "1",
+        ],
+        &["--batch-wait-ms", "200"],
+        &[
+            ("HEADCLIP_CPU_CHUNK", "8"),
+            ("HEADCLIP_LOG", "headclip=debug"),
+        ],
+    );
     let png = bottle();
     let raw = post(&server.url("/v1/detect"), Some("image/png"), &png, None);
     assert_eq!(raw.0, 200, "{}", raw.2);
@@ -489,7 +505,15 @@ fn detect_raw_and_multipart() {
             (w as u32, h as u32)
         );
     }
-    // Scored in a batch with other images, the bottle gets the same score as alone.
+    // Scored in one forward pass with the other two, the bottle gets the same score as alone.
+    for r in list {
+        assert_eq!(r["batch_size"], 3, "{r}");
+    }
+    assert!(
+        server.stderr().contains("forward pass of 3 images"),
+        "{}",
+        server.stderr()
+    );
     assert!(
         (list[0]["score"].as_f64().unwrap() - score).abs() < 1e-4,
         "{} vs {score}",

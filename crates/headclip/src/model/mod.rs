@@ -200,7 +200,10 @@ impl HeadClip {
         images
             .split(forward_chunk(images, self.device()), 0)
             .iter()
-            .flat_map(|part| self.smooth_and_score(&self.forward(part, &self.text_features)))
+            .flat_map(|part| {
+                tracing::debug!("forward pass of {} images", part.size()[0]);
+                self.smooth_and_score(&self.forward(part, &self.text_features))
+            })
             .collect()
     }
 
