@@ -13,7 +13,7 @@
 use tch::{Kind, Tensor};
 
 use super::loss::{global_loss, joint_loss, pixel_loss, LossTerms};
-use crate::clip::{Clip, ClipTokenizer, DpamOptions, Trunk};
+use crate::clip::{Clip, ClipTokenizer, DpamOptions, HeadWeightFn, Trunk, VisionTransformer};
 use crate::model::prompts::learned_text_features;
 use crate::model::scoring::upsampled_probabilities;
 use crate::model::{head_weights, HeadClipParams, LhwPaths, ResolvedConfig};
@@ -115,20 +115,59 @@ pub fn loss_and_gradients(
         weight_original_path: config.lhw_paths == LhwPaths::Both,
         global_ln_post: config.global_ln_post,
     };
-    let text = learned_text_features(&clip.text, tokenizer, params)?; // [2, E], with grad
-    let vision = &clip.vision;
-    let side = batch.masks.size()[1];
-    let loss = |global: &Tensor, readout: &[Tensor]| -> BatchLoss {
+    let target = LossTarget {
+        text: learned_text_features(&clip.text, tokenizer, params)?, // [2, E], with grad
+        vision: &clip.vision,
+        batch,
+        terms,
+        config,
+    };
+    let weights = |block: usize, h: &Tensor| Some(head_weights(config, params, block, h));
+    let loss = match (config.lhw_paths, gradient_checkpointing) {
+        (LhwPaths::Both, true) => {
+            checkpointed_both_paths(&clip.vision, &opts, &weights, &batch.images, &target)
+        }
+        (LhwPaths::Both, false) => {
+            let trunk = clip.vision.trunk(&batch.images, &opts, &weights, false);
+            let global = clip
+                .vision
+                .project_global(&trunk.global_token, opts.global_ln_post);
+            let loss = target.loss(&global, &trunk.readout_tokens);
+            loss.total.backward();
+            loss
+        }
+        (LhwPaths::Vv, _) => value_value_path(&target, &opts, &weights, params),
+    };
+    Ok(loss.terms())
+}
+
+/// What a batch's loss is computed against: the text features (with grad), the images' labels
+/// and masks, and the terms in use.
+struct LossTarget<'a> {
+    text: Tensor,
+    vision: &'a VisionTransformer,
+    batch: &'a Batch,
+    terms: LossSelection,
+    config: &'a ResolvedConfig,
+}
+
+impl LossTarget<'_> {
+    /// The batch loss from the global feature and the read-out tokens.
+    fn loss(&self, global: &Tensor, readout: &[Tensor]) -> BatchLoss {
+        let (text, batch, terms) = (&self.text, self.batch, self.terms);
         let zero = || Tensor::zeros([], (Kind::Float, text.device()));
+        let side = batch.masks.size()[1];
         let ce = if terms.global {
-            global_loss(global, &text, &batch.labels)
+            global_loss(global, text, &batch.labels)
         } else {
             zero()
         };
         let probabilities: Vec<Tensor> = if terms.pixel || terms.joint_weight > 0.0 {
             readout
                 .iter()
-                .map(|tokens| upsampled_probabilities(&vision.project_patch(tokens), &text, side))
+                .map(|tokens| {
+                    upsampled_probabilities(&self.vision.project_patch(tokens), text, side)
+                })
                 .collect()
         } else {
             Vec::new()
@@ -142,7 +181,7 @@ pub fn loss_and_gradients(
             }
         }
         let joint = if terms.joint_weight > 0.0 {
-            joint_loss(global, &text, &probabilities, &batch.labels, config)
+            joint_loss(global, text, &probabilities, &batch.labels, self.config)
         } else {
             zero()
         };
@@ -154,57 +193,58 @@ pub fn loss_and_gradients(
             joint,
             total,
         }
-    };
-
-    let weights = |block: usize, h: &Tensor| Some(head_weights(config, params, block, h));
-    if config.lhw_paths == LhwPaths::Both && gradient_checkpointing {
-        let result = checkpointed_both_paths(vision, &opts, &weights, &batch.images, &loss);
-        return Ok(result.terms());
     }
-    if config.lhw_paths == LhwPaths::Both {
-        let trunk = vision.trunk(&batch.images, &opts, &weights, false);
-        let global = vision.project_global(&trunk.global_token, opts.global_ln_post);
-        let result = loss(&global, &trunk.readout_tokens);
-        result.total.backward();
-        return Ok(result.terms());
-    }
+}
 
-    // Value–value path only: the trunk without autograd, keeping z' per two-path block.
-    let trunk = {
+/// `lhw_paths = vv`: the trunk without autograd, keeping `z'` per two-path block; autograd from
+/// the read-out tokens on; then the head weights' gradients from the stream's sums (module doc).
+fn value_value_path(
+    target: &LossTarget,
+    opts: &DpamOptions,
+    weights: &HeadWeightFn,
+    params: &HeadClipParams,
+) -> BatchLoss {
+    let (vision, images) = (target.vision, &target.batch.images);
+    let (trunk, global) = {
         let _guard = tch::no_grad_guard();
         // On the CPU one image at a time, as in inference (`HeadClip::score` says why).
-        let parts: Vec<Trunk> = batch
-            .images
-            .split(
-                crate::model::forward_chunk(&batch.images, batch.images.device()),
-                0,
-            )
+        let parts: Vec<Trunk> = images
+            .split(crate::model::forward_chunk(images, images.device()), 0)
             .iter()
-            .map(|images| vision.trunk(images, &opts, &weights, true))
+            .map(|images| vision.trunk(images, opts, weights, true))
             .collect();
-        Trunk::cat(&parts)
-    };
-    let global = {
-        let _guard = tch::no_grad_guard();
-        vision.project_global(&trunk.global_token, opts.global_ln_post)
+        let trunk = Trunk::cat(&parts);
+        let global = vision.project_global(&trunk.global_token, opts.global_ln_post);
+        (trunk, global)
     };
     let leaves: Vec<Tensor> = trunk
         .readout_tokens
         .iter()
         .map(|t| t.detach().set_requires_grad(true))
         .collect();
-    let result = loss(&global, &leaves);
-    result.total.backward();
-    if !terms.pixel && terms.joint_weight == 0.0 {
-        // Without the pixel and joint terms nothing reads the value–value stream: θ gets no
-        // gradient.
-        return Ok(result.terms());
+    let loss = target.loss(&global, &leaves);
+    loss.total.backward();
+    let terms = target.terms;
+    // Without the pixel and joint terms nothing reads the value–value stream: θ gets no
+    // gradient.
+    if terms.pixel || terms.joint_weight > 0.0 {
+        let grads = head_weight_gradients(vision, target.config, &trunk, &leaves);
+        backpropagate_head_weights(target.config, params, &trunk, &grads);
     }
+    loss
+}
 
-    // ∂L/∂w per two-path block, from suffix sums of the read-out gradients.
+/// `∂L/∂w` per two-path block ([B, H], `None` for blocks before the first read-out), from
+/// suffix sums of the read-out gradients.
+fn head_weight_gradients(
+    vision: &VisionTransformer,
+    config: &ResolvedConfig,
+    trunk: &Trunk,
+    leaves: &[Tensor],
+) -> Vec<Option<Tensor>> {
     let blocks = &vision.blocks[config.dpam_start - 1..];
     let mut suffix: Option<Tensor> = None;
-    let mut weight_grads: Vec<Option<Tensor>> = (0..blocks.len()).map(|_| None).collect();
+    let mut grads: Vec<Option<Tensor>> = (0..blocks.len()).map(|_| None).collect();
     for j in (0..blocks.len()).rev() {
         let layer = config.dpam_start + j;
         if let Some(r) = config.readout.iter().position(|&l| l == layer) {
@@ -221,12 +261,20 @@ pub fn loss_and_gradients(
         let out_proj = blocks[j].attn.out_proj_weight().to_kind(Kind::Float);
         let grad_concat = grad_s.matmul(&out_proj); // [B, N, H·d]
         let grad_z = grad_concat.view([b, n, h, d]).transpose(1, 2);
-        weight_grads[j] =
-            Some((grad_z * &z).sum_dim_intlist([2, 3].as_slice(), false, Kind::Float));
+        grads[j] = Some((grad_z * &z).sum_dim_intlist([2, 3].as_slice(), false, Kind::Float));
     }
-    // Chain rule from w to θ (and U) through the tiny graph of the head-weight function.
+    grads
+}
+
+/// The chain rule from `w` to θ (and U) through the tiny graph of the head-weight function.
+fn backpropagate_head_weights(
+    config: &ResolvedConfig,
+    params: &HeadClipParams,
+    trunk: &Trunk,
+    grads: &[Option<Tensor>],
+) {
     let mut surrogate: Option<Tensor> = None;
-    for (j, grad) in weight_grads.iter().enumerate() {
+    for (j, grad) in grads.iter().enumerate() {
         let Some(grad) = grad else { continue };
         let h_cls = trunk.ln1_cls[j].unsqueeze(1); // the function reads h[:, 0]
         let w = head_weights(config, params, j, &h_cls);
@@ -236,16 +284,10 @@ pub fn loss_and_gradients(
             None => term,
         });
     }
-    if let Some(s) = surrogate {
-        if s.requires_grad() {
-            s.backward();
-        }
+    if let Some(s) = surrogate.filter(Tensor::requires_grad) {
+        s.backward();
     }
-    Ok(result.terms())
 }
-
-/// The batch loss from the global feature and the read-out tokens.
-type LossFn<'a> = dyn Fn(&Tensor, &[Tensor]) -> BatchLoss + 'a;
 
 /// `lhw_paths = both` with gradient checkpointing.
 ///
@@ -255,11 +297,11 @@ type LossFn<'a> = dyn Fn(&Tensor, &[Tensor]) -> BatchLoss + 'a;
 /// autograd from its saved inputs, and `Σ⟨∂L/∂o_l, o_l⟩ + ⟨∂L/∂s_l, s_l⟩` back-propagates through
 /// it alone, leaving its share of the head-weight gradients and the gradients of its inputs.
 fn checkpointed_both_paths(
-    vision: &crate::clip::VisionTransformer,
+    vision: &VisionTransformer,
     opts: &DpamOptions,
-    weights: &crate::clip::HeadWeightFn,
+    weights: &HeadWeightFn,
     images: &Tensor,
-    loss: &LossFn,
+    target: &LossTarget,
 ) -> BatchLoss {
     let layers = vision.blocks.len();
     let leaf = |t: &Tensor| t.detach().set_requires_grad(true);
@@ -286,7 +328,7 @@ fn checkpointed_both_paths(
         leaf(&o)
     };
     let global = vision.project_global(&o_last.select(1, 0), opts.global_ln_post);
-    let result = loss(&global, &readout);
+    let result = target.loss(&global, &readout);
     result.total.backward();
 
     let mut grad_o = o_last.grad();
