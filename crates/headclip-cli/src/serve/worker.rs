@@ -152,12 +152,6 @@ fn run_loop(
     stop: &AtomicBool,
     metrics: &Metrics,
 ) {
-    let take = |job: Job, batch: &mut Vec<Job>| {
-        metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-        if !job.reply.is_closed() {
-            batch.push(job);
-        }
-    };
     loop {
         let first = match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(job) => job,
@@ -165,52 +159,64 @@ fn run_loop(
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        let mut batch = Vec::with_capacity(cfg.max_batch);
-        take(first, &mut batch);
-        let deadline = Instant::now() + cfg.batch_wait;
-        while batch.len() < cfg.max_batch {
-            let next = match rx.try_recv() {
-                Ok(job) => job,
-                Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        break;
-                    }
-                    match rx.recv_timeout(deadline - now) {
-                        Ok(job) => job,
-                        Err(_) => break,
-                    }
-                }
-            };
-            take(next, &mut batch);
+        let batch = fill_batch(first, rx, cfg, metrics);
+        if !batch.is_empty() {
+            score_and_answer(detector, batch, metrics);
         }
-        batch.retain(|j| !j.reply.is_closed());
-        if batch.is_empty() {
-            continue;
+    }
+}
+
+/// The jobs that arrive within `batch_wait` of the first, up to `max_batch`, less those whose
+/// request has gone.
+fn fill_batch(first: Job, rx: &Receiver<Job>, cfg: BatchConfig, metrics: &Metrics) -> Vec<Job> {
+    let mut batch = Vec::with_capacity(cfg.max_batch);
+    let deadline = Instant::now() + cfg.batch_wait;
+    let mut next = Some(first);
+    while let Some(job) = next.take() {
+        metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        if !job.reply.is_closed() {
+            batch.push(job);
         }
-        let started = Instant::now();
-        let (jobs, images): (Vec<_>, Vec<_>) = batch
-            .into_iter()
-            .map(|job| ((job.reply, job.enqueued), job.image))
-            .unzip();
-        let results = detector.score(images);
-        let elapsed = started.elapsed();
-        let n = jobs.len();
-        metrics.record_batch(n, elapsed);
-        for ((reply, enqueued), result) in jobs.into_iter().zip(results) {
-            let answer = result
-                .map(|detection| Scored {
-                    detection,
-                    batch_size: n,
-                    queue_ms: started.duration_since(enqueued).as_secs_f64() * 1e3,
-                    model_ms: elapsed.as_secs_f64() * 1e3,
-                })
-                .map_err(|e| {
-                    tracing::error!("scoring an image failed: {e}");
-                    e.to_string()
-                });
-            let _ = reply.send(answer);
+        if batch.len() >= cfg.max_batch {
+            break;
         }
+        next = match rx.try_recv() {
+            Ok(job) => Some(job),
+            Err(TryRecvError::Disconnected) => None,
+            Err(TryRecvError::Empty) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                (!left.is_zero())
+                    .then(|| rx.recv_timeout(left).ok())
+                    .flatten()
+            }
+        };
+    }
+    batch.retain(|j| !j.reply.is_closed());
+    batch
+}
+
+fn score_and_answer(detector: &Detector, batch: Vec<Job>, metrics: &Metrics) {
+    let started = Instant::now();
+    let (jobs, images): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .map(|job| ((job.reply, job.enqueued), job.image))
+        .unzip();
+    let results = detector.score(images);
+    let elapsed = started.elapsed();
+    let n = jobs.len();
+    metrics.record_batch(n, elapsed);
+    for ((reply, enqueued), result) in jobs.into_iter().zip(results) {
+        let answer = result
+            .map(|detection| Scored {
+                detection,
+                batch_size: n,
+                queue_ms: started.duration_since(enqueued).as_secs_f64() * 1e3,
+                model_ms: elapsed.as_secs_f64() * 1e3,
+            })
+            .map_err(|e| {
+                tracing::error!("scoring an image failed: {e}");
+                e.to_string()
+            });
+        let _ = reply.send(answer);
     }
 }
