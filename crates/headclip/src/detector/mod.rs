@@ -9,6 +9,23 @@
 //! the model and batches in between; [`Detector::prepare`] and [`Detector::score`] are the two
 //! halves for callers that schedule them themselves (the HTTP service decodes on its request
 //! threads and scores on the model's).
+//!
+//! ```no_run
+//! use headclip::detector::{Detector, ModelSpec};
+//! use headclip_data::images::ImageSource;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let spec = ModelSpec {
+//!     params: Some("headclip-params.safetensors".into()),
+//!     ..ModelSpec::new("ViT-L-14-336px.pt")
+//! };
+//! let detector = Detector::load(&spec)?;
+//! // A path, encoded bytes (ImageSource::Bytes) or decoded pixels (ImageSource::Decoded).
+//! let d = detector.detect(ImageSource::Path("part.png".into()), false)?;
+//! println!("{} (map max {})", d.score, d.map_max);
+//! # Ok(())
+//! # }
+//! ```
 
 mod load;
 mod spec;
