@@ -43,10 +43,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use headclip::detector::Detector;
 use headclip::eval::select::Instructive;
 use headclip::eval::{
-    self, AuproVariants, CategoryDone, DatasetReport, EvalObserver, EvalOptions, ModelSummary,
-    ObserverError, Report, ScoredImage, Timing,
+    self, AuproVariants, CategoryDone, DatasetReport, EvalError, EvalObserver, EvalOptions,
+    Evaluation, ModelSummary, ObserverError, Report, ScoredImage, Timing,
 };
 use headclip::write_atomically;
 use headclip_data::datasets::{self, DataSpec, Dataset, LoadOptions, DATA_SPEC_HELP};
@@ -127,6 +128,107 @@ pub struct TestArgs {
     pub max_pixels: u64,
 }
 
+/// The checked options: whatever is wrong with them is found before any data set is read.
+struct Plan {
+    specs: Vec<DataSpec>,
+    allow_missing_masks: bool,
+    model: ModelArgs,
+    outputs: Outputs,
+    aupro: AuproVariants,
+    limits: DecodeLimits,
+    batch_size: usize,
+    decode_threads: usize,
+    gallery_size: usize,
+}
+
+/// Where the reports go (each optional).
+struct Outputs {
+    json: Option<PathBuf>,
+    csv: Option<PathBuf>,
+    save_maps: Option<PathBuf>,
+    pictures: Option<PathBuf>,
+}
+
+impl Plan {
+    fn new(args: TestArgs) -> Result<Self> {
+        if args.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        if args.decode_threads == Some(0) {
+            bail!("--decode-threads must be at least 1");
+        }
+        let decode_threads = args
+            .decode_threads
+            .unwrap_or_else(|| default_decode_threads(&args.model.device));
+        Ok(Plan {
+            specs: args.data,
+            allow_missing_masks: args.allow_missing_masks,
+            model: args.model,
+            outputs: Outputs {
+                json: args.json,
+                csv: args.csv,
+                save_maps: args.save_maps,
+                pictures: args.pictures,
+            },
+            aupro: args.aupro.into(),
+            limits: DecodeLimits {
+                max_pixels: args.max_pixels,
+            },
+            batch_size: args.batch_size,
+            decode_threads,
+            gallery_size: args.gallery_size,
+        })
+    }
+
+    fn on_cpu(&self) -> bool {
+        !self.model.device.starts_with("cuda")
+    }
+
+    fn eval_options(&self) -> EvalOptions {
+        EvalOptions {
+            batch_size: self.batch_size,
+            decode_threads: self.decode_threads,
+            pixel_curves: self.outputs.pictures.is_some(),
+        }
+    }
+}
+
+/// One decoding thread on the CPU (the model needs the cores); with CUDA, up to 4.
+fn default_decode_threads(device: &str) -> usize {
+    if device.starts_with("cuda") {
+        std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).clamp(1, 4))
+    } else {
+        1
+    }
+}
+
+impl Outputs {
+    /// Creates output folders and checks that report files can go where asked, before compute.
+    fn prepare(&self) -> Result<()> {
+        for dir in [&self.save_maps, &self.pictures].into_iter().flatten() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        for file in [&self.json, &self.csv].into_iter().flatten() {
+            if file.is_dir() {
+                bail!("{} is a folder; give a file name", file.display());
+            }
+            let parent = file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !parent.is_dir() {
+                bail!(
+                    "cannot write {}: folder {} does not exist",
+                    file.display(),
+                    parent.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Peak resident memory of this process (`VmHWM` of `/proc/self/status`), in bytes.
 fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -150,16 +252,6 @@ fn load_datasets(specs: &[DataSpec], allow_missing_masks: bool) -> Result<Vec<Da
     let mut out: Vec<Dataset> = Vec::new();
     for spec in specs {
         let ds = datasets::load(spec, &opts).with_context(|| format!("--data {spec}"))?;
-        for w in ds.warnings.iter().take(WARNINGS_SHOWN) {
-            tracing::warn!("{}: {w}", ds.name);
-        }
-        if ds.warnings.len() > WARNINGS_SHOWN {
-            tracing::warn!(
-                "{}: {} more warnings (all of them are in the --json report)",
-                ds.name,
-                ds.warnings.len() - WARNINGS_SHOWN
-            );
-        }
         if let Some(other) = out
             .iter()
             .find(|o| names::component(&o.name) == names::component(&ds.name))
@@ -170,47 +262,48 @@ fn load_datasets(specs: &[DataSpec], allow_missing_masks: bool) -> Result<Vec<Da
                 other.root.display()
             );
         }
-        tracing::info!(
-            "{}: {} images ({} normal, {} anomalous) in {} categor{}{}",
-            ds.name,
-            ds.len(),
-            ds.num_normal(),
-            ds.num_anomalous(),
-            ds.categories.len(),
-            if ds.categories.len() == 1 { "y" } else { "ies" },
-            if ds.has_masks {
-                ", with masks"
-            } else {
-                ", image level only"
-            }
-        );
+        log_dataset(&ds);
         out.push(ds);
     }
     Ok(out)
 }
 
-/// Creates output folders and checks that report files can go where asked, before compute.
-fn prepare_outputs(args: &TestArgs) -> Result<()> {
-    for dir in [&args.save_maps, &args.pictures].into_iter().flatten() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+/// The data set's first warnings and what it holds.
+fn log_dataset(ds: &Dataset) {
+    for w in ds.warnings.iter().take(WARNINGS_SHOWN) {
+        tracing::warn!("{}: {w}", ds.name);
     }
-    for file in [&args.json, &args.csv].into_iter().flatten() {
-        if file.is_dir() {
-            bail!("{} is a folder; give a file name", file.display());
-        }
-        let parent = file
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if !parent.is_dir() {
-            bail!(
-                "cannot write {}: folder {} does not exist",
-                file.display(),
-                parent.display()
-            );
-        }
+    if ds.warnings.len() > WARNINGS_SHOWN {
+        tracing::warn!(
+            "{}: {} more warnings (all of them are in the --json report)",
+            ds.name,
+            ds.warnings.len() - WARNINGS_SHOWN
+        );
     }
-    Ok(())
+    tracing::info!(
+        "{}: {} images ({} normal, {} anomalous) in {} categor{}{}",
+        ds.name,
+        ds.len(),
+        ds.num_normal(),
+        ds.num_anomalous(),
+        ds.categories.len(),
+        if ds.categories.len() == 1 { "y" } else { "ies" },
+        if ds.has_masks {
+            ", with masks"
+        } else {
+            ", image level only"
+        }
+    );
+}
+
+/// Loads the detector. On the CPU without `--threads`, libtorch gets the cores the decoding
+/// threads leave: its threads spin while they wait, and sharing cores slows both many times.
+fn load_model(plan: &Plan) -> Result<Detector> {
+    if plan.on_cpu() && plan.model.threads.is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tch::set_num_threads(cores.saturating_sub(plan.decode_threads).max(1) as i32);
+    }
+    Ok(load_detector(&plan.model)?.with_limits(plan.limits))
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -222,14 +315,43 @@ struct MapsOut<'a> {
     dir: &'a Path,
     names: Vec<Vec<Vec<PathBuf>>>,
     side: usize,
-    rows: String,
+    rows: csv::Writer<Vec<u8>>,
     last_dir: Option<PathBuf>,
 }
 
-impl MapsOut<'_> {
+impl<'a> MapsOut<'a> {
+    const COLUMNS: [&'static str; 9] = [
+        "dataset",
+        "category",
+        "image",
+        "label",
+        "mask",
+        "score",
+        "global_score",
+        "pixel_score",
+        "npy",
+    ];
+
+    fn new(
+        dir: &'a Path,
+        datasets: &[Dataset],
+        folders: &[Vec<PathBuf>],
+        side: usize,
+    ) -> Result<Self> {
+        let mut rows = csv::Writer::from_writer(Vec::new());
+        rows.write_record(Self::COLUMNS)?;
+        Ok(MapsOut {
+            dir,
+            names: names::map_names(datasets, folders),
+            side,
+            rows,
+            last_dir: None,
+        })
+    }
+
     fn image(&mut self, img: &ScoredImage<'_>) -> Result<()> {
         let name = &self.names[img.dataset_index][img.category_index][img.sample_index];
-        let rel = names::with_suffix(name, ".npy");
+        let rel = names::append_to_file_name(name, ".npy");
         let path = self.dir.join(&rel);
         if let Some(parent) = path.parent() {
             if self.last_dir.as_deref() != Some(parent) {
@@ -243,26 +365,37 @@ impl MapsOut<'_> {
         let mut npy = Vec::with_capacity(img.score.map.len() * 4 + 128);
         ndarray_npy::WriteNpyExt::write_npy(&map, &mut npy)?;
         write_file(&path, &npy)?;
-        let rel_text: Vec<String> = rel
+        self.row(img, &rel)
+    }
+
+    fn row(&mut self, img: &ScoredImage<'_>, npy: &Path) -> Result<()> {
+        let npy: Vec<String> = npy
             .components()
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect();
         let s = img.sample;
-        self.rows.push_str(&report::csv_line(&[
+        self.rows.write_record([
             img.dataset.name.clone(),
             img.category.name.clone(),
             s.image.display().to_string(),
-            if s.anomalous { "1".into() } else { "0".into() },
+            if s.anomalous { "1" } else { "0" }.to_string(),
             s.mask
                 .as_ref()
                 .map(|m| m.display().to_string())
                 .unwrap_or_default(),
-            format!("{}", img.score.score),
-            format!("{}", img.score.global_score),
-            format!("{}", img.score.pixel_score),
-            rel_text.join("/"),
-        ]));
+            img.score.score.to_string(),
+            img.score.global_score.to_string(),
+            img.score.pixel_score.to_string(),
+            npy.join("/"),
+        ])?;
         Ok(())
+    }
+
+    /// Writes `scores.csv`; returns its path.
+    fn finish(self) -> Result<PathBuf> {
+        let path = self.dir.join("scores.csv");
+        write_file(&path, &self.rows.into_inner()?)?;
+        Ok(path)
     }
 }
 
@@ -307,11 +440,58 @@ impl PicturesOut<'_> {
     }
 }
 
+/// Follows the evaluation: progress, saved maps and pictures.
 struct Observer<'a> {
     progress: ProgressBar,
     current: Option<(usize, usize)>,
     maps: Option<MapsOut<'a>>,
     pictures: Option<PicturesOut<'a>>,
+}
+
+impl<'a> Observer<'a> {
+    fn new(
+        plan: &'a Plan,
+        datasets: &[Dataset],
+        folders: &'a [Vec<PathBuf>],
+        side: usize,
+    ) -> Result<Self> {
+        let total: usize = datasets.iter().map(Dataset::len).sum();
+        let progress = ProgressBar::new(total as u64);
+        progress.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} images, {per_sec}, eta {eta} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let maps = match plan.outputs.save_maps.as_deref() {
+            Some(dir) => Some(MapsOut::new(dir, datasets, folders, side)?),
+            None => None,
+        };
+        let pictures = plan.outputs.pictures.as_deref().map(|dir| PicturesOut {
+            dir,
+            folders,
+            gallery_size: plan.gallery_size,
+            side,
+            aupro: plan.aupro,
+            limits: plan.limits,
+            candidates: Instructive::new(plan.gallery_size),
+        });
+        Ok(Observer {
+            progress,
+            current: None,
+            maps,
+            pictures,
+        })
+    }
+
+    /// Reports an evaluation that stopped.
+    fn abandon(&self, error: &EvalError) {
+        self.progress.abandon();
+        eprintln!("error: {error}");
+        eprintln!(
+            "error: the evaluation stopped after {} of {} images; no report was written",
+            self.progress.position(),
+            self.progress.length().unwrap_or(0)
+        );
+    }
 }
 
 fn boxed(e: anyhow::Error) -> ObserverError {
@@ -344,8 +524,7 @@ impl EvalObserver for Observer<'_> {
 
     fn category_done(&mut self, done: &CategoryDone<'_>) -> Result<(), ObserverError> {
         if let Some(p) = self.pictures.as_mut() {
-            let progress = &self.progress;
-            progress.set_message(format!(
+            self.progress.set_message(format!(
                 "{} / {}: pictures",
                 done.dataset.name, done.category.name
             ));
@@ -367,142 +546,19 @@ fn mib(bytes: u64) -> String {
     format!("{:.0} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-pub fn run(args: TestArgs) -> Result<i32> {
-    let started = Instant::now();
-    if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
-    if args.decode_threads == Some(0) {
-        bail!("--decode-threads must be at least 1");
-    }
-    let aupro: AuproVariants = args.aupro.into();
-    let limits = DecodeLimits {
-        max_pixels: args.max_pixels,
-    };
+/// Seconds spent before the evaluation.
+struct Setup {
+    started: Instant,
+    data_load_seconds: f64,
+    model_load_seconds: f64,
+}
 
-    // Everything that can be checked is checked before the model is loaded.
-    let datasets = load_datasets(&args.data, args.allow_missing_masks)?;
-    prepare_outputs(&args)?;
-    let folders = names::category_folders(&datasets);
-    let map_names = args
-        .save_maps
-        .as_ref()
-        .map(|_| names::map_names(&datasets, &folders));
-    let data_load_seconds = started.elapsed().as_secs_f64();
-
-    let model_started = Instant::now();
-    let decode_threads = args.decode_threads.unwrap_or_else(|| {
-        if args.model.device.starts_with("cuda") {
-            std::thread::available_parallelism()
-                .map_or(1, |n| n.get().saturating_sub(1).clamp(1, 4))
-        } else {
-            1
-        }
-    });
-    // On the CPU the decoding threads need cores of their own: libtorch's threads spin while
-    // they wait, and sharing cores with them slows both down many times over.
-    let cpu = !args.model.device.starts_with("cuda");
-    if cpu && args.model.threads.is_none() {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        tch::set_num_threads(cores.saturating_sub(decode_threads).max(1) as i32);
-    }
-    let detector = load_detector(&args.model)?.with_limits(limits);
-    let model_load_seconds = model_started.elapsed().as_secs_f64();
-    let side = detector.side() as usize;
-    let total: usize = datasets.iter().map(Dataset::len).sum();
-
-    let progress = ProgressBar::new(total as u64);
-    progress.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} images, {per_sec}, eta {eta} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let mut observer = Observer {
-        progress: progress.clone(),
-        current: None,
-        maps: args
-            .save_maps
-            .as_deref()
-            .zip(map_names)
-            .map(|(dir, names)| MapsOut {
-                dir,
-                names,
-                side,
-                rows: report::csv_line(&[
-                    "dataset",
-                    "category",
-                    "image",
-                    "label",
-                    "mask",
-                    "score",
-                    "global_score",
-                    "pixel_score",
-                    "npy",
-                ]),
-                last_dir: None,
-            }),
-        pictures: args.pictures.as_deref().map(|dir| PicturesOut {
-            dir,
-            folders: &folders,
-            gallery_size: args.gallery_size,
-            side,
-            aupro,
-            limits,
-            candidates: Instructive::new(args.gallery_size),
-        }),
-    };
-    let options = EvalOptions {
-        batch_size: args.batch_size,
-        decode_threads,
-        pixel_curves: args.pictures.is_some(),
-    };
-    let evaluation = match eval::evaluate(&detector, &datasets, &options, &mut observer) {
-        Ok(e) => e,
-        Err(e) => {
-            progress.abandon();
-            eprintln!("error: {e}");
-            eprintln!(
-                "error: the evaluation stopped after {} of {total} images; no report was written",
-                progress.position()
-            );
-            return Ok(crate::EXIT_SOME_FAILED);
-        }
-    };
-    progress.finish_and_clear();
-
-    let mut written: Vec<String> = Vec::new();
-    if let Some(maps) = &observer.maps {
-        let path = maps.dir.join("scores.csv");
-        write_file(&path, maps.rows.as_bytes())?;
-        written.push(format!("{} maps and {}", total, path.display()));
-    }
-    let summary = ModelSummary::new(&detector);
-    if let Some(dir) = &args.pictures {
-        gallery::write_index(
-            dir,
-            &datasets,
-            &evaluation.datasets,
-            &folders,
-            aupro,
-            &summary,
-        )?;
-        written.push(format!("{}", dir.join("index.html").display()));
-    }
-
-    print!("{}", report::table::markdown(&evaluation.datasets, aupro));
-
-    if let Some(path) = &args.csv {
-        write_file(
-            path,
-            report::table::csv(&evaluation.datasets, aupro).as_bytes(),
-        )?;
-        written.push(path.display().to_string());
-    }
-    let peak = peak_rss_bytes();
+fn timing(setup: &Setup, evaluation: &Evaluation) -> Timing {
     let images = evaluation.images;
     let per_image = |s: f64| if images > 0 { s / images as f64 } else { 0.0 };
-    let mut timing = Timing {
-        data_load_seconds,
-        model_load_seconds,
+    Timing {
+        data_load_seconds: setup.data_load_seconds,
+        model_load_seconds: setup.model_load_seconds,
         evaluation_seconds: evaluation.seconds,
         model_seconds: evaluation.model_seconds,
         metrics_seconds: evaluation.metrics_seconds,
@@ -513,55 +569,155 @@ pub fn run(args: TestArgs) -> Result<i32> {
             0.0
         },
         seconds_per_image: per_image(evaluation.seconds),
-        total_seconds: 0.0,
+        total_seconds: setup.started.elapsed().as_secs_f64(),
+    }
+}
+
+/// The `--json` report.
+fn json_report(
+    plan: &Plan,
+    datasets: &[Dataset],
+    evaluation: Evaluation,
+    model: ModelSummary,
+    timing: Timing,
+) -> Result<Vec<u8>> {
+    let report = Report {
+        headclip_version: env!("CARGO_PKG_VERSION").to_string(),
+        aupro: plan.aupro,
+        aupro_fpr_limit: AUPRO_FPR_LIMIT,
+        table_scale: 100.0,
+        model,
+        datasets: datasets
+            .iter()
+            .zip(&plan.specs)
+            .zip(evaluation.datasets)
+            .map(|((ds, spec), result)| DatasetReport {
+                spec: spec.as_str().to_string(),
+                images: ds.len(),
+                normal: ds.num_normal(),
+                anomalous: ds.num_anomalous(),
+                warnings: ds.warnings.iter().map(|w| w.to_string()).collect(),
+                result,
+            })
+            .collect(),
+        timing,
+        peak_rss_bytes: peak_rss_bytes(),
     };
-    if let Some(path) = &args.json {
-        timing.total_seconds = started.elapsed().as_secs_f64();
-        let report = Report {
-            headclip_version: env!("CARGO_PKG_VERSION").to_string(),
-            aupro,
-            aupro_fpr_limit: AUPRO_FPR_LIMIT,
-            table_scale: 100.0,
-            model: summary,
-            datasets: datasets
-                .iter()
-                .zip(&args.data)
-                .zip(evaluation.datasets)
-                .map(|((ds, spec), result)| DatasetReport {
-                    spec: spec.as_str().to_string(),
-                    images: ds.len(),
-                    normal: ds.num_normal(),
-                    anomalous: ds.num_anomalous(),
-                    warnings: ds.warnings.iter().map(|w| w.to_string()).collect(),
-                    result,
-                })
-                .collect(),
-            timing,
-            peak_rss_bytes: peak,
-        };
-        let mut bytes = serde_json::to_vec_pretty(&report)?;
-        bytes.push(b'\n');
-        write_file(path, &bytes)?;
+    let mut bytes = serde_json::to_vec_pretty(&report)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// The table on stdout, then the reports asked for; returns what was written.
+fn write_reports(
+    plan: &Plan,
+    datasets: &[Dataset],
+    folders: &[Vec<PathBuf>],
+    detector: &Detector,
+    maps: Option<MapsOut<'_>>,
+    evaluation: Evaluation,
+    timing: Timing,
+) -> Result<Vec<String>> {
+    let mut written: Vec<String> = Vec::new();
+    if let Some(maps) = maps {
+        written.push(format!(
+            "{} maps and {}",
+            timing.images,
+            maps.finish()?.display()
+        ));
+    }
+    let model = ModelSummary::new(detector);
+    if let Some(dir) = &plan.outputs.pictures {
+        gallery::write_index(dir, &evaluation.datasets, folders, plan.aupro, &model)?;
+        written.push(dir.join("index.html").display().to_string());
+    }
+    print!(
+        "{}",
+        report::table::markdown(&evaluation.datasets, plan.aupro)
+    );
+    if let Some(path) = &plan.outputs.csv {
+        write_file(path, &report::table::csv(&evaluation.datasets, plan.aupro)?)?;
         written.push(path.display().to_string());
     }
+    if let Some(path) = &plan.outputs.json {
+        write_file(
+            path,
+            &json_report(plan, datasets, evaluation, model, timing)?,
+        )?;
+        written.push(path.display().to_string());
+    }
+    Ok(written)
+}
 
+/// The stderr summary: time per image, set-up times, peak memory and the files written.
+fn print_summary(timing: &Timing, written: &[String]) {
+    let per_image = |s: f64| {
+        if timing.images > 0 {
+            s / timing.images as f64
+        } else {
+            0.0
+        }
+    };
     eprintln!(
-        "{images} images in {:.1} s: {:.1} ms per image ({:.1} images/s; model {:.1} ms per image), metrics {:.2} s; \
+        "{} images in {:.1} s: {:.1} ms per image ({:.1} images/s; model {:.1} ms per image), metrics {:.2} s; \
          data sets checked in {:.1} s, model loaded in {:.1} s",
-        evaluation.seconds,
-        1000.0 * per_image(evaluation.seconds),
+        timing.images,
+        timing.evaluation_seconds,
+        1000.0 * timing.seconds_per_image,
         timing.images_per_second,
-        1000.0 * per_image(evaluation.model_seconds),
-        evaluation.metrics_seconds,
-        data_load_seconds,
-        model_load_seconds,
+        1000.0 * per_image(timing.model_seconds),
+        timing.metrics_seconds,
+        timing.data_load_seconds,
+        timing.model_load_seconds,
     );
-    match peak {
+    match peak_rss_bytes() {
         Some(bytes) => eprintln!("peak memory (VmHWM): {}", mib(bytes)),
         None => eprintln!("peak memory: not reported by this system"),
     }
     if !written.is_empty() {
         eprintln!("wrote {}", written.join(", "));
     }
+}
+
+pub fn run(args: TestArgs) -> Result<i32> {
+    let started = Instant::now();
+    let plan = Plan::new(args)?;
+    // Everything that can be checked is checked before the model is loaded.
+    let datasets = load_datasets(&plan.specs, plan.allow_missing_masks)?;
+    plan.outputs.prepare()?;
+    let folders = names::category_folders(&datasets);
+    let data_load_seconds = started.elapsed().as_secs_f64();
+
+    let model_started = Instant::now();
+    let detector = load_model(&plan)?;
+    let setup = Setup {
+        started,
+        data_load_seconds,
+        model_load_seconds: model_started.elapsed().as_secs_f64(),
+    };
+
+    let side = detector.side() as usize;
+    let mut observer = Observer::new(&plan, &datasets, &folders, side)?;
+    let evaluation = match eval::evaluate(&detector, &datasets, &plan.eval_options(), &mut observer)
+    {
+        Ok(e) => e,
+        Err(e) => {
+            observer.abandon(&e);
+            return Ok(crate::EXIT_SOME_FAILED);
+        }
+    };
+    observer.progress.finish_and_clear();
+
+    let timing = timing(&setup, &evaluation);
+    let written = write_reports(
+        &plan,
+        &datasets,
+        &folders,
+        &detector,
+        observer.maps,
+        evaluation,
+        timing,
+    )?;
+    print_summary(&timing, &written);
     Ok(0)
 }

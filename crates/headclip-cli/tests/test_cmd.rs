@@ -101,10 +101,19 @@ fn is_percent(cell: &str) -> bool {
         && cell.split('.').nth(1).is_some_and(|d| d.len() == 1)
 }
 
-/// Splits one line of simple CSV (the reports quote only fields that need it; test paths do not).
-fn csv_cells(line: &str) -> Vec<String> {
-    line.split(',').map(str::to_string).collect()
+/// Every record of a CSV file, header included; fails on a record whose field count differs.
+fn csv_records(path: &Path) -> Vec<Vec<String>> {
+    csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_path(path)
+        .unwrap()
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_string).collect())
+        .collect()
 }
+
+/// An image name that HTML must escape and CSV must quote.
+const HOSTILE: &str = "<img src=x onerror=alert(1)> & \"q\", 'a'";
 
 #[test]
 fn evaluates_three_kinds_of_data_set_and_writes_every_output() {
@@ -117,6 +126,11 @@ fn evaluates_three_kinds_of_data_set_and_writes_every_output() {
             ("contamination", &["000", "001"]),
         ],
     );
+    std::fs::rename(
+        mvtec.join("test/good/001.png"),
+        mvtec.join(format!("test/good/{HOSTILE}.png")),
+    )
+    .unwrap();
     // One mask of another size than its image: resized, with a warning.
     let small_mask = mvtec.join("ground_truth/contamination/001_mask.png");
     let mask = image::open(&small_mask).unwrap().to_luma8();
@@ -231,10 +245,8 @@ fn evaluates_three_kinds_of_data_set_and_writes_every_output() {
     assert_eq!(ds[0]["warnings"].as_array().unwrap().len(), 1);
 
     // CSV: a row per category and a mean row per data set, consistent columns.
-    let csv = std::fs::read_to_string(&csv_path).unwrap();
-    let lines: Vec<Vec<String>> = csv.lines().map(csv_cells).collect();
-    assert_eq!(lines.len(), 1 + 6, "{csv}");
-    assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{csv}");
+    let lines = csv_records(&csv_path);
+    assert_eq!(lines.len(), 1 + 6, "{lines:?}");
     assert_eq!(
         lines[0][..5],
         ["dataset", "category", "row", "normal", "anomalous"]
@@ -247,8 +259,7 @@ fn evaluates_three_kinds_of_data_set_and_writes_every_output() {
     assert_eq!(ct_csv[pixel_auroc], "");
 
     // Saved maps and scores.csv; recompute bottle's image metrics from it.
-    let scores = std::fs::read_to_string(maps.join("scores.csv")).unwrap();
-    let srows: Vec<Vec<String>> = scores.lines().map(csv_cells).collect();
+    let srows = csv_records(&maps.join("scores.csv"));
     assert_eq!(
         srows[0],
         [
@@ -272,6 +283,12 @@ fn evaluates_three_kinds_of_data_set_and_writes_every_output() {
     }
     assert!(maps.join("bottle/bottle/broken_large/000.npy").is_file());
     assert!(maps.join("bottle/bottle/normal/000.npy").is_file());
+    assert!(
+        srows
+            .iter()
+            .any(|r| r[2].ends_with(&format!("/{HOSTILE}.png"))),
+        "{srows:?}"
+    );
     let bottle_rows: Vec<&Vec<String>> = srows[1..].iter().filter(|r| r[0] == "bottle").collect();
     let s: Vec<f32> = bottle_rows.iter().map(|r| r[5].parse().unwrap()).collect();
     let l: Vec<bool> = bottle_rows.iter().map(|r| r[3] == "1").collect();
@@ -298,6 +315,13 @@ fn evaluates_three_kinds_of_data_set_and_writes_every_output() {
             assert!(d.join(src).is_file(), "{cat}: {src} missing");
         }
     }
+    let bottle_page = std::fs::read_to_string(pictures.join("bottle/bottle/index.html")).unwrap();
+    assert!(
+        bottle_page
+            .contains("&lt;img src=x onerror=alert(1)&gt; &amp; &quot;q&quot;, &#x27;a&#x27;.png")
+            && !bottle_page.contains("<img src=x"),
+        "{bottle_page}"
+    );
     let thumbs = std::fs::read_dir(pictures.join("bottle/bottle/thumbs"))
         .unwrap()
         .count();

@@ -139,8 +139,9 @@ pub fn map_names(datasets: &[Dataset], folders: &[Vec<PathBuf>]) -> Vec<Vec<Vec<
         .collect()
 }
 
-/// `base` with `suffix` appended to its last component (`a/b` + `.npy` = `a/b.npy`).
-pub fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
+/// `base` with `suffix` appended to its file name (`a/b` + `.npy` = `a/b.npy`); unlike
+/// `Path::with_extension`, nothing in the name is replaced (`a/b.c` + `.npy` = `a/b.c.npy`).
+pub fn append_to_file_name(base: &Path, suffix: &str) -> PathBuf {
     let mut s = base.as_os_str().to_owned();
     s.push(suffix);
     PathBuf::from(s)
@@ -157,6 +158,18 @@ mod tests {
         assert_eq!(component(".."), "_..");
         assert_eq!(component(""), "_");
         assert_eq!(component("Y1 (2)"), "Y1 _2_");
+    }
+
+    #[test]
+    fn suffixes_are_appended_not_substituted() {
+        assert_eq!(
+            append_to_file_name(Path::new("a/b"), ".npy"),
+            Path::new("a/b.npy")
+        );
+        assert_eq!(
+            append_to_file_name(Path::new("a/Y92_jpg.v2"), ".npy"),
+            Path::new("a/Y92_jpg.v2.npy")
+        );
     }
 
     #[test]

@@ -4,7 +4,22 @@ use std::fmt::Write;
 
 use headclip::eval::curves::{thin, Points};
 
-use super::html_escape;
+/// Text made safe for SVG content and attribute values. The charts stay hand-written: they are
+/// computed coordinates and paths, which a template would only wrap.
+fn xml_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
 
 /// One curve of a chart.
 pub struct Series<'a> {
@@ -58,7 +73,7 @@ pub fn chart(chart: &Chart<'_>, series: &[Series<'_>]) -> String {
 <text x="{}" y="22" text-anchor="middle" font-size="14" font-weight="bold">{}</text>
 "#,
         WIDTH / 2.0,
-        html_escape(chart.title)
+        xml_escape(chart.title)
     );
     for i in 0..=5 {
         let v = i as f64 / 5.0;
@@ -98,12 +113,12 @@ pub fn chart(chart: &Chart<'_>, series: &[Series<'_>]) -> String {
         r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
         (px(0.0) + px(1.0)) / 2.0,
         HEIGHT - 12.0,
-        html_escape(chart.x_label)
+        xml_escape(chart.x_label)
     );
     let _ = writeln!(
         s,
         r#"<text x="16" y="{y}" text-anchor="middle" transform="rotate(-90 16 {y})">{}</text>"#,
-        html_escape(chart.y_label),
+        xml_escape(chart.y_label),
         y = (py(0.0) + py(1.0)) / 2.0
     );
     if let Some(((x0, y0), (x1, y1))) = chart.reference {
@@ -139,7 +154,7 @@ pub fn chart(chart: &Chart<'_>, series: &[Series<'_>]) -> String {
         let _ = writeln!(
             s,
             r#"<path d="{path}" fill="none" stroke="{}" stroke-width="2"/>"#,
-            html_escape(serie.colour)
+            xml_escape(serie.colour)
         );
     }
     let legend_x = if chart.legend_right {
@@ -162,10 +177,10 @@ pub fn chart(chart: &Chart<'_>, series: &[Series<'_>]) -> String {
             s,
             r#"<line x1="{legend_x}" y1="{y}" x2="{}" y2="{y}" stroke="{}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#,
             legend_x + 20.0,
-            html_escape(serie.colour),
+            xml_escape(serie.colour),
             legend_x + 26.0,
             y + 4.0,
-            html_escape(&serie.name)
+            xml_escape(&serie.name)
         );
     }
     s.push_str("</svg>\n");
@@ -195,6 +210,7 @@ mod tests {
         );
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
         assert!(svg.contains("ROC &lt;bottle&gt;"));
+        assert_eq!(xml_escape("<a & 'b'>"), "&lt;a &amp; &#39;b&#39;&gt;");
         assert!(svg.contains("<path d=\"M"));
         let empty = chart(
             &Chart {

@@ -1,8 +1,10 @@
-//! The Markdown table (stdout) and the CSV report (`--csv`).
+//! The Markdown table (stdout) and the CSV report (`--csv`). The table is written by hand: it is
+//! a few `|`-joined cells, and no Markdown crate writes tables.
 
+use anyhow::Result;
 use headclip::eval::{AuproVariants, DatasetResult, MetricSet};
 
-use super::{csv_line, percent};
+use super::percent;
 
 /// Escapes the characters that would break a Markdown table cell.
 fn md_cell(text: &str) -> String {
@@ -64,47 +66,44 @@ pub fn markdown(datasets: &[DatasetResult], aupro: AuproVariants) -> String {
 
 /// A row per category and a mean row per data set: `dataset,category,row,normal,anomalous,`
 /// then the metrics the table shows, unrounded fractions in [0, 1], empty where absent; `row` is
-/// `category` or `mean` (whose `category` cell is `mean`).
-pub fn csv(datasets: &[DatasetResult], aupro: AuproVariants) -> String {
+/// `category` or `mean` (whose `category` cell is `mean`). Fields are quoted where needed.
+pub fn csv(datasets: &[DatasetResult], aupro: AuproVariants) -> Result<Vec<u8>> {
     let columns = aupro.columns();
-    let mut header = vec![
-        "dataset".to_string(),
-        "category".into(),
-        "row".into(),
-        "normal".into(),
-        "anomalous".into(),
-    ];
-    header.extend(columns.iter().map(|m| m.key().to_string()));
-    let mut out = csv_line(&header);
-    let values = |set: &MetricSet| {
-        columns
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let header = ["dataset", "category", "row", "normal", "anomalous"];
+    out.write_record(header.into_iter().chain(columns.iter().map(|m| m.key())))?;
+    let mut row = |dataset: &str,
+                   category: &str,
+                   kind: &str,
+                   normal: usize,
+                   anomalous: usize,
+                   set: &MetricSet| {
+        let counts = [normal.to_string(), anomalous.to_string()];
+        let values = columns
             .iter()
-            .map(|&m| set.get(m).map(|v| format!("{v}")).unwrap_or_default())
-            .collect::<Vec<_>>()
+            .map(|&m| set.get(m).map(|v| v.to_string()).unwrap_or_default());
+        out.write_record(
+            [dataset, category, kind]
+                .map(String::from)
+                .into_iter()
+                .chain(counts)
+                .chain(values),
+        )
     };
     for ds in datasets {
         for cat in &ds.categories {
-            let mut row = vec![
-                ds.name.clone(),
-                cat.name.clone(),
-                "category".into(),
-                cat.normal.to_string(),
-                cat.anomalous.to_string(),
-            ];
-            row.extend(values(&cat.metrics));
-            out.push_str(&csv_line(&row));
+            row(
+                &ds.name,
+                &cat.name,
+                "category",
+                cat.normal,
+                cat.anomalous,
+                &cat.metrics,
+            )?;
         }
         let normal: usize = ds.categories.iter().map(|c| c.normal).sum();
         let anomalous: usize = ds.categories.iter().map(|c| c.anomalous).sum();
-        let mut row = vec![
-            ds.name.clone(),
-            "mean".into(),
-            "mean".into(),
-            normal.to_string(),
-            anomalous.to_string(),
-        ];
-        row.extend(values(&ds.mean));
-        out.push_str(&csv_line(&row));
+        row(&ds.name, "mean", "mean", normal, anomalous, &ds.mean)?;
     }
-    out
+    Ok(out.into_inner()?)
 }

@@ -1,9 +1,18 @@
-//! Counters behind `GET /metrics`, written out in Prometheus' text format (version 0.0.4).
+//! What `GET /metrics` reports, kept in a `prometheus-client` registry and written out in
+//! Prometheus' text format (version 0.0.4).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds (seconds) of the latency histogram's buckets.
 const BUCKETS: [f64; 14] = [
@@ -13,98 +22,168 @@ const BUCKETS: [f64; 14] = [
 /// The window over which `headclip_images_per_second` is measured.
 const RATE_WINDOW: Duration = Duration::from_secs(10);
 
-#[derive(Default)]
-struct Histogram {
-    /// Observations per bucket (not cumulative); the last slot is +Inf.
-    counts: [u64; BUCKETS.len() + 1],
-    count: u64,
-    sum: f64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    code: u16,
 }
 
-impl Histogram {
-    fn observe(&mut self, seconds: f64) {
-        let slot = BUCKETS
-            .iter()
-            .position(|&b| seconds <= b)
-            .unwrap_or(BUCKETS.len());
-        self.counts[slot] += 1;
-        self.count += 1;
-        self.sum += seconds;
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
 }
 
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// Model throughput, for `headclip_images_per_second` and `Retry-After`.
 #[derive(Default)]
-struct Inner {
-    /// (route, status code) → requests.
-    requests: BTreeMap<(String, u16), u64>,
-    /// route → latency.
-    latency: BTreeMap<String, Histogram>,
-    batches: u64,
-    model_seconds: f64,
+struct Throughput {
     /// When batches finished and how many images each scored, within [`RATE_WINDOW`].
     recent: VecDeque<(Instant, u64)>,
-    /// Smoothed model time per image, for `Retry-After`.
+    /// Smoothed model time per image.
     seconds_per_image: Option<f64>,
+}
+
+/// The registered series; the gauges without a setter of their own are refreshed on each scrape.
+struct Series {
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    queue_depth: Gauge,
+    in_flight: Gauge,
+    images_scored: Counter,
+    images_per_second: Gauge<f64, AtomicU64>,
+    batches: Counter,
+    model_seconds: Counter<f64, AtomicU64>,
+    uptime: Gauge<f64, AtomicU64>,
+}
+
+impl Series {
+    fn register(registry: &mut Registry) -> Self {
+        let s = Self {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            queue_depth: Gauge::default(),
+            in_flight: Gauge::default(),
+            images_scored: Counter::default(),
+            images_per_second: Gauge::default(),
+            batches: Counter::default(),
+            model_seconds: Counter::default(),
+            uptime: Gauge::default(),
+        };
+        // Counters are registered without `_total`: the encoder appends it.
+        let r = registry;
+        r.register(
+            "http_requests",
+            "HTTP requests by route and status code",
+            s.requests.clone(),
+        );
+        r.register(
+            "http_request_duration_seconds",
+            "Time from request to response, by route",
+            s.latency.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Images waiting for the model thread",
+            s.queue_depth.clone(),
+        );
+        r.register(
+            "images_in_flight",
+            "Images admitted and not yet answered",
+            s.in_flight.clone(),
+        );
+        r.register(
+            "images_scored",
+            "Images scored by the model",
+            s.images_scored.clone(),
+        );
+        r.register(
+            "images_per_second",
+            "Images scored per second over the last 10 s",
+            s.images_per_second.clone(),
+        );
+        r.register("batches", "Batches run by the model", s.batches.clone());
+        r.register(
+            "model_seconds",
+            "Time spent in the model",
+            s.model_seconds.clone(),
+        );
+        r.register(
+            "uptime_seconds",
+            "Seconds since the server started",
+            s.uptime.clone(),
+        );
+        s
+    }
 }
 
 /// Everything `/metrics` reports; shared by the handlers and the model thread.
 pub struct Metrics {
     started: Instant,
-    inner: Mutex<Inner>,
+    registry: Registry,
+    series: Series,
+    throughput: Mutex<Throughput>,
     /// Images handed to the model thread and not yet taken into a batch.
     pub queue_depth: AtomicI64,
     /// Images admitted (decoding, waiting, in the model or being encoded).
     pub in_flight: AtomicI64,
-    images_scored: AtomicU64,
 }
 
 impl Metrics {
     pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("headclip");
+        let series = Series::register(&mut registry);
         Self {
             started: Instant::now(),
-            inner: Mutex::new(Inner::default()),
+            registry,
+            series,
+            throughput: Mutex::new(Throughput::default()),
             queue_depth: AtomicI64::new(0),
             in_flight: AtomicI64::new(0),
-            images_scored: AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn throughput(&self) -> std::sync::MutexGuard<'_, Throughput> {
+        self.throughput.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// One finished HTTP request.
     pub fn record_request(&self, route: &str, status: u16, elapsed: Duration) {
-        let mut inner = self.lock();
-        *inner
-            .requests
-            .entry((route.to_string(), status))
-            .or_default() += 1;
-        inner
+        let route = route.to_string();
+        self.series
             .latency
-            .entry(route.to_string())
-            .or_default()
+            .get_or_create(&RouteLabels {
+                route: route.clone(),
+            })
             .observe(elapsed.as_secs_f64());
+        self.series
+            .requests
+            .get_or_create(&RequestLabels {
+                route,
+                code: status,
+            })
+            .inc();
     }
 
     /// One batch of `images` scored in `elapsed`.
     pub fn record_batch(&self, images: usize, elapsed: Duration) {
-        self.images_scored
-            .fetch_add(images as u64, Ordering::Relaxed);
+        self.series.images_scored.inc_by(images as u64);
+        self.series.batches.inc();
+        self.series.model_seconds.inc_by(elapsed.as_secs_f64());
         let now = Instant::now();
-        let mut inner = self.lock();
-        inner.batches += 1;
-        inner.model_seconds += elapsed.as_secs_f64();
-        inner.recent.push_back((now, images as u64));
-        while inner
+        let mut t = self.throughput();
+        t.recent.push_back((now, images as u64));
+        while t
             .recent
             .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
+            .is_some_and(|(at, _)| now.duration_since(*at) > RATE_WINDOW)
         {
-            inner.recent.pop_front();
+            t.recent.pop_front();
         }
         let per_image = elapsed.as_secs_f64() / images.max(1) as f64;
-        inner.seconds_per_image = Some(match inner.seconds_per_image {
+        t.seconds_per_image = Some(match t.seconds_per_image {
             Some(old) => 0.8 * old + 0.2 * per_image,
             None => per_image,
         });
@@ -113,17 +192,18 @@ impl Metrics {
     /// Seconds a client refused with 503 should wait: the time the model needs for what is
     /// queued now, at least one second.
     pub fn retry_after_s(&self) -> u64 {
-        let per_image = self.lock().seconds_per_image.unwrap_or(0.1);
+        let per_image = self.throughput().seconds_per_image.unwrap_or(0.1);
         let waiting = self.in_flight.load(Ordering::Relaxed).max(1) as f64;
         (waiting * per_image).ceil().clamp(1.0, 60.0) as u64
     }
 
-    fn images_per_second(&self, inner: &Inner) -> f64 {
+    fn images_per_second(&self) -> f64 {
         let now = Instant::now();
-        let images: u64 = inner
+        let images: u64 = self
+            .throughput()
             .recent
             .iter()
-            .filter(|(t, _)| now.duration_since(*t) <= RATE_WINDOW)
+            .filter(|(at, _)| now.duration_since(*at) <= RATE_WINDOW)
             .map(|(_, n)| n)
             .sum();
         let window = self
@@ -137,83 +217,18 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let inner = self.lock();
+        // The queue and in-flight counts are atomics the handlers and the model thread update
+        // (kept so that their call sites stay plain atomics); the rate depends on the time of
+        // the scrape. All are copied into their gauges here.
+        let s = &self.series;
+        s.queue_depth
+            .set(self.queue_depth.load(Ordering::Relaxed).max(0));
+        s.in_flight
+            .set(self.in_flight.load(Ordering::Relaxed).max(0));
+        s.images_per_second.set(self.images_per_second());
+        s.uptime.set(self.started.elapsed().as_secs_f64());
         let mut out = String::new();
-        let mut line = |s: String| {
-            out.push_str(&s);
-            out.push('\n');
-        };
-        line("# HELP headclip_http_requests_total HTTP requests by route and status code.".into());
-        line("# TYPE headclip_http_requests_total counter".into());
-        for ((route, code), n) in &inner.requests {
-            line(format!(
-                "headclip_http_requests_total{{route=\"{route}\",code=\"{code}\"}} {n}"
-            ));
-        }
-        line("# HELP headclip_http_request_duration_seconds Time from request to response, by route.".into());
-        line("# TYPE headclip_http_request_duration_seconds histogram".into());
-        for (route, h) in &inner.latency {
-            let mut cumulative = 0;
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                cumulative += h.counts[i];
-                line(format!(
-                    "headclip_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {cumulative}"
-                ));
-            }
-            cumulative += h.counts[BUCKETS.len()];
-            line(format!(
-                "headclip_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {cumulative}"
-            ));
-            line(format!(
-                "headclip_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
-                h.sum
-            ));
-            line(format!(
-                "headclip_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
-                h.count
-            ));
-        }
-        line("# HELP headclip_queue_depth Images waiting for the model thread.".into());
-        line("# TYPE headclip_queue_depth gauge".into());
-        line(format!(
-            "headclip_queue_depth {}",
-            self.queue_depth.load(Ordering::Relaxed).max(0)
-        ));
-        line("# HELP headclip_images_in_flight Images admitted and not yet answered.".into());
-        line("# TYPE headclip_images_in_flight gauge".into());
-        line(format!(
-            "headclip_images_in_flight {}",
-            self.in_flight.load(Ordering::Relaxed).max(0)
-        ));
-        line("# HELP headclip_images_scored_total Images scored by the model.".into());
-        line("# TYPE headclip_images_scored_total counter".into());
-        line(format!(
-            "headclip_images_scored_total {}",
-            self.images_scored.load(Ordering::Relaxed)
-        ));
-        line(
-            "# HELP headclip_images_per_second Images scored per second over the last 10 s.".into(),
-        );
-        line("# TYPE headclip_images_per_second gauge".into());
-        line(format!(
-            "headclip_images_per_second {:.3}",
-            self.images_per_second(&inner)
-        ));
-        line("# HELP headclip_batches_total Batches run by the model.".into());
-        line("# TYPE headclip_batches_total counter".into());
-        line(format!("headclip_batches_total {}", inner.batches));
-        line("# HELP headclip_model_seconds_total Time spent in the model.".into());
-        line("# TYPE headclip_model_seconds_total counter".into());
-        line(format!(
-            "headclip_model_seconds_total {:.6}",
-            inner.model_seconds
-        ));
-        line("# HELP headclip_uptime_seconds Seconds since the server started.".into());
-        line("# TYPE headclip_uptime_seconds gauge".into());
-        line(format!(
-            "headclip_uptime_seconds {:.3}",
-            self.started.elapsed().as_secs_f64()
-        ));
+        prometheus_text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }
@@ -222,29 +237,70 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    /// The value of the sample `series` (name and labels as exposed) in `text`.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map(|v| v.trim().parse().expect("a number"))
+    }
+
     #[test]
-    fn histogram_is_cumulative_and_counts_requests() {
+    fn requests_batches_and_queue_arrive_in_the_exposition() {
         let m = Metrics::new();
         m.record_request("/v1/detect", 200, Duration::from_millis(3));
         m.record_request("/v1/detect", 200, Duration::from_millis(300));
         m.record_request("/v1/detect", 503, Duration::from_secs(500));
+        m.record_request("/healthz", 200, Duration::from_millis(1));
         m.record_batch(4, Duration::from_millis(100));
+        m.record_batch(2, Duration::from_millis(50));
+        m.queue_depth.fetch_add(3, Ordering::Relaxed);
+        m.in_flight.fetch_add(5, Ordering::Relaxed);
         let text = m.render();
-        assert!(
-            text.contains("headclip_http_requests_total{route=\"/v1/detect\",code=\"200\"} 2"),
-            "{text}"
+        let at =
+            |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series}:\n{text}"));
+        let detect = "route=\"/v1/detect\"";
+        assert_eq!(
+            at(&format!(
+                "headclip_http_requests_total{{{detect},code=\"200\"}}"
+            )),
+            2.0
         );
-        assert!(text.contains("headclip_http_requests_total{route=\"/v1/detect\",code=\"503\"} 1"));
-        assert!(text.contains(
-            "headclip_http_request_duration_seconds_bucket{route=\"/v1/detect\",le=\"0.005\"} 1"
+        assert_eq!(
+            at(&format!(
+                "headclip_http_requests_total{{{detect},code=\"503\"}}"
+            )),
+            1.0
+        );
+        assert_eq!(
+            at("headclip_http_requests_total{route=\"/healthz\",code=\"200\"}"),
+            1.0
+        );
+        assert_eq!(
+            at(&format!(
+                "headclip_http_request_duration_seconds_count{{{detect}}}"
+            )),
+            3.0
+        );
+        let sum = at(&format!(
+            "headclip_http_request_duration_seconds_sum{{{detect}}}"
         ));
-        assert!(text.contains(
-            "headclip_http_request_duration_seconds_bucket{route=\"/v1/detect\",le=\"0.5\"} 2"
-        ));
-        assert!(text.contains(
-            "headclip_http_request_duration_seconds_bucket{route=\"/v1/detect\",le=\"+Inf\"} 3"
-        ));
-        assert!(text.contains("headclip_images_scored_total 4"));
-        assert!(m.retry_after_s() >= 1);
+        assert!((sum - 500.303).abs() < 1e-9, "{sum}");
+        assert_eq!(at("headclip_images_scored_total"), 6.0);
+        assert_eq!(at("headclip_batches_total"), 2.0);
+        assert!((at("headclip_model_seconds_total") - 0.15).abs() < 1e-9);
+        assert_eq!(at("headclip_queue_depth"), 3.0);
+        assert_eq!(at("headclip_images_in_flight"), 5.0);
+        assert!(at("headclip_images_per_second") > 0.0);
+    }
+
+    #[test]
+    fn retry_after_follows_the_queue_and_the_model_speed() {
+        let m = Metrics::new();
+        assert_eq!(m.retry_after_s(), 1, "nothing measured, nothing waiting");
+        m.record_batch(1, Duration::from_secs(2));
+        m.in_flight.fetch_add(10, Ordering::Relaxed);
+        assert_eq!(m.retry_after_s(), 20);
+        m.in_flight.fetch_add(1000, Ordering::Relaxed);
+        assert_eq!(m.retry_after_s(), 60, "at most a minute");
     }
 }

@@ -9,11 +9,23 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tungstenite::{Message, WebSocket};
 
+/// Where Debian's `chromium` package puts the browser.
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 
-/// Makes sure Chromium is there, installing it with `scripts/setup-browser.sh` if needed.
-/// `Err` says why it cannot be had.
+/// Names another browser binary than [`CHROMIUM`]; nothing is installed then.
+pub const CHROMIUM_ENV: &str = "HEADCLIP_CHROMIUM";
+
+/// Makes sure Chromium is there: `$HEADCLIP_CHROMIUM` if set, else [`CHROMIUM`], installing it
+/// with `scripts/setup-browser.sh` if needed. `Err` says why it cannot be had.
 pub fn ensure_chromium(repo: &Path) -> Result<PathBuf, String> {
+    if let Some(chosen) = std::env::var_os(CHROMIUM_ENV) {
+        let chosen = PathBuf::from(chosen);
+        return if chosen.is_file() {
+            Ok(chosen)
+        } else {
+            Err(format!("{CHROMIUM_ENV}={} is not a file", chosen.display()))
+        };
+    }
     if Path::new(CHROMIUM).exists() {
         return Ok(CHROMIUM.into());
     }
@@ -31,6 +43,12 @@ pub fn ensure_chromium(repo: &Path) -> Result<PathBuf, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+/// Whether this is a CI run (`CI=true`, as CI services set it): there a missing browser fails
+/// the page test instead of skipping it.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
 pub struct Browser {
