@@ -24,7 +24,10 @@ pub struct MemoryEstimate {
 impl MemoryEstimate {
     /// Leaves a tenth of the free memory for everything else.
     pub fn fits(&self) -> bool {
-        self.available.map_or(true, |a| self.bytes <= 0.9 * a)
+        match self.available {
+            Some(a) => self.bytes <= 0.9 * a,
+            None => true,
+        }
     }
 
     /// Whether gradient checkpointing would make a batch that does not fit, fit.
