@@ -18,6 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::engine::{load_detector, ModelArgs};
+use crate::cmd_test::report::names::append_to_file_name;
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
@@ -281,13 +282,13 @@ fn emit(input: &Input, d: &Detection, out: Option<&Path>) -> Result<()> {
         if let Some(parent) = base.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let npy_path = append_to_name(&base, ".npy");
+        let npy_path = append_to_file_name(&base, ".npy");
         let side = d.side as usize;
         let map = ndarray::ArrayView2::from_shape((side, side), &d.map)?;
         let mut npy = Vec::new();
         ndarray_npy::WriteNpyExt::write_npy(&map, &mut npy)?;
         write_atomically(&npy_path, &npy)?;
-        let overlay_path = append_to_name(&base, "_overlay.png");
+        let overlay_path = append_to_file_name(&base, "_overlay.png");
         if let Some(overlay) = d.overlay() {
             write_atomically(&overlay_path, &viz::encode_png(&overlay)?)?;
         }
@@ -296,12 +297,4 @@ fn emit(input: &Input, d: &Detection, out: Option<&Path>) -> Result<()> {
     }
     print_line(&line)?;
     Ok(())
-}
-
-/// `base` with `suffix` appended to its last component (`a/b` → `a/b.npy`); unlike
-/// `Path::with_extension` it keeps any dot already in the name.
-fn append_to_name(base: &Path, suffix: &str) -> PathBuf {
-    let mut s = base.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
 }

@@ -36,7 +36,7 @@
 //! weights).
 
 #[path = "report/mod.rs"]
-mod report;
+pub(crate) mod report;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
