@@ -395,3 +395,85 @@ fn same_stem_different_extension_keeps_both_outputs() {
     );
     assert!(out_dir.join("Y92_png.npy").exists() && out_dir.join("Y92_jpg.npy").exists());
 }
+
+/// Predict with the given weights and parameters files (not the fixture's).
+fn predict_with(weights: &Path, params: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "predict".to_string(),
+        "--weights".into(),
+        weights.display().to_string(),
+        "--params".into(),
+        params.display().to_string(),
+        "--threads".into(),
+        "2".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    headclip(&refs, &[])
+}
+
+/// NaN in a parameters file or in the CLIP weights: refused when loading (exit 2), naming the
+/// file and the tensor; nothing is scored.
+#[test]
+fn non_finite_weights_or_parameters_are_refused_when_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = repo().join("examples/images/bottle_good_000.png");
+    let image = image.to_str().unwrap();
+
+    let params = dir.path().join("nan_params.safetensors");
+    common::rewrite_f32_tensors(&tiny("params_learned.safetensors"), &params, |name, v| {
+        if name == "prompt.ctx_pos" {
+            v[5] = f32::NAN;
+        }
+    });
+    let out = predict_with(&tiny("clip_openai.safetensors"), &params, &[image]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing is scored");
+    for words in ["nan_params.safetensors", "`prompt.ctx_pos`", "1 non-finite"] {
+        assert!(stderr.contains(words), "{words}: {stderr}");
+    }
+
+    // CLIP weights are f16 here: 0x7E00 is a NaN.
+    let weights = dir.path().join("nan_clip.safetensors");
+    common::rewrite_safetensors(
+        &tiny("clip_openai.safetensors"),
+        &weights,
+        |name, dtype, raw| {
+            if name == "ln_final.weight" {
+                assert_eq!(dtype, safetensors::Dtype::F16);
+                raw[2..4].copy_from_slice(&0x7E00u16.to_le_bytes());
+            }
+        },
+    );
+    let params = tiny("params_learned.safetensors");
+    let out = predict_with(&weights, &params, &[image]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing is scored");
+    for words in ["nan_clip.safetensors", "`ln_final.weight`", "1 non-finite"] {
+        assert!(stderr.contains(words), "{words}: {stderr}");
+    }
+}
+
+/// A model that computes NaN never reports a verdict: each image gets an error line (no
+/// `score`), the error is on stderr, and the exit status is 1.
+#[test]
+fn a_non_finite_score_is_an_error_not_a_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let params = common::overflowing_params(dir.path());
+    let images = repo().join("examples/images/bottle_good_000.png");
+    let out = predict_with(
+        &tiny("clip_openai.safetensors"),
+        &params,
+        &[images.to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let results = lines(&out);
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert!(results[0].get("score").is_none(), "{}", results[0]);
+    let error = results[0]["error"].as_str().unwrap();
+    assert!(error.contains("non-finite"), "{error}");
+    assert!(stderr.contains("bottle_good_000.png"), "{stderr}");
+}

@@ -319,3 +319,76 @@ fn bf16_resumed_training_is_bit_identical() {
     let data = format!("mvtec:{}", cat.display());
     assert_resume_is_bit_identical(dir.path(), &data, &["--precision", "bf16"]);
 }
+
+/// `small_category` with 2 good and 2 broken images: one batch of 4 per epoch.
+fn four_image_category(root: &Path) -> PathBuf {
+    let cat = small_category(root);
+    for file in [
+        "test/good/002.png",
+        "test/broken_large/002.png",
+        "ground_truth/broken_large/002_mask.png",
+    ] {
+        std::fs::remove_file(cat.join(file)).unwrap();
+    }
+    cat
+}
+
+/// A learning rate of 10³⁰: the first epoch's update leaves huge but finite parameters, the
+/// next loss is NaN. The run stops with an error (exit 2) naming the epoch and the loss, and the
+/// parameters, state and loss log of the last good epoch are left byte for byte as they were.
+#[test]
+fn a_diverging_run_stops_and_keeps_the_last_good_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = four_image_category(dir.path());
+    let data = format!("mvtec:{}", cat.display());
+    let out = dir.path().join("p.safetensors");
+    let files = [
+        out.clone(),
+        dir.path().join("p.state.safetensors"),
+        dir.path().join("p.losses.jsonl"),
+    ];
+    train_ok(&data, &out, &["--epochs", "1", "--lr", "1e30"]);
+    let before: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+
+    let output = train(&data, &out, &["--epochs", "3", "--lr", "1e30", "--resume"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("training diverged in epoch 2, batch 1: the loss (total NaN"),
+        "{stderr}"
+    );
+    for (file, bytes) in files.iter().zip(&before) {
+        assert!(
+            std::fs::read(file).unwrap() == *bytes,
+            "{} changed",
+            file.display()
+        );
+    }
+    assert_eq!(safetensors_metadata(&out)["headclip.epochs"], "1");
+}
+
+/// A training state with a NaN (here in an Adam moment) is refused by `--resume`, naming the
+/// file and the tensor; nothing is trained or written.
+#[test]
+fn a_non_finite_training_state_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = four_image_category(dir.path());
+    let data = format!("mvtec:{}", cat.display());
+    let out = dir.path().join("p.safetensors");
+    train_ok(&data, &out, &["--epochs", "1"]);
+    let state = dir.path().join("p.state.safetensors");
+    common::rewrite_f32_tensors(&state.clone(), &state, |name, v| {
+        if name == "adam.v.lhw.theta" {
+            v[0] = f32::INFINITY;
+        }
+    });
+    let params_before = std::fs::read(&out).unwrap();
+    let output = train(&data, &out, &["--epochs", "2", "--resume"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    for words in ["p.state.safetensors", "`adam.v.lhw.theta`", "1 non-finite"] {
+        assert!(stderr.contains(words), "{words}: {stderr}");
+    }
+    assert!(std::fs::read(&out).unwrap() == params_before);
+}

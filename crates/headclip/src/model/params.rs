@@ -108,6 +108,14 @@ impl HeadClipParams {
             let t = Tensor::f_from_data_size(view.data(), &shape, kind)
                 .map_err(|e| invalid(format!("tensor `{name}`: {e}")))?
                 .to_kind(Kind::Float);
+            let bad = crate::non_finite_count(&t);
+            if bad > 0 {
+                return Err(invalid(format!(
+                    "tensor `{name}` has {bad} non-finite values (NaN or infinity) of {}; \
+                     these parameters are broken (did their training diverge?)",
+                    t.numel()
+                )));
+            }
             tensors.insert(name, t);
         }
 

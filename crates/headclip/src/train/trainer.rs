@@ -103,6 +103,18 @@ pub enum TrainError {
     Data(String),
     #[error("{0}")]
     Io(String),
+    /// The loss or a parameter stopped being finite: the run cannot go on, and nothing more is
+    /// written (the files of the last good epoch or checkpoint stay as they were).
+    #[error(
+        "training diverged in epoch {epoch}, batch {batch}: {what} is not finite (NaN or \
+         infinity); nothing was saved from this batch on, the files of the last good epoch or \
+         checkpoint are unchanged (try a smaller learning rate)"
+    )]
+    NonFinite {
+        epoch: usize,
+        batch: usize,
+        what: String,
+    },
 }
 
 pub struct Trainer<'a> {
@@ -201,7 +213,9 @@ impl<'a> Trainer<'a> {
         order
     }
 
-    /// One batch: loss, gradients, Adam update.
+    /// One batch: loss, gradients, Adam update. A non-finite loss is refused before the update,
+    /// a non-finite parameter or moment after it ([`TrainError::NonFinite`]); the trainer must
+    /// then not be saved.
     pub fn train_batch(&mut self, samples: &[TrainSample]) -> Result<LossTerms, TrainError> {
         let batch = self.make_batch(samples);
         let terms = loss_and_gradients(
@@ -213,12 +227,56 @@ impl<'a> Trainer<'a> {
             self.options.loss,
             self.options.gradient_checkpointing,
         )?;
+        let (epoch, batch_no) = (self.epochs_done + 1, self.progress.batches_done.max(1));
+        let diverged = |what: String| TrainError::NonFinite {
+            epoch,
+            batch: batch_no,
+            what,
+        };
+        let LossTerms {
+            total,
+            ce,
+            focal,
+            dice,
+            joint,
+        } = terms;
+        if ![total, ce, focal, dice, joint]
+            .iter()
+            .all(|v| v.is_finite())
+        {
+            return Err(diverged(format!(
+                "the loss (total {total}, ce {ce}, focal {focal}, dice {dice}, joint {joint})"
+            )));
+        }
         let tensors: Vec<&Tensor> = trainable(&self.params)
             .into_iter()
             .map(|(_, t)| t)
             .collect();
         self.adam.step(&tensors);
+        if let Some(what) = self.first_non_finite() {
+            return Err(diverged(what));
+        }
         Ok(terms)
+    }
+
+    /// The first trainable parameter or Adam moment with a NaN or infinite value, described.
+    pub fn first_non_finite(&self) -> Option<String> {
+        for (i, (name, t)) in trainable(&self.params).into_iter().enumerate() {
+            for (what, tensor) in [
+                ("parameter", t),
+                ("Adam's first moment of", &self.adam.m[i]),
+                ("Adam's second moment of", &self.adam.v[i]),
+            ] {
+                let bad = crate::non_finite_count(tensor);
+                if bad > 0 {
+                    return Some(format!(
+                        "{what} `{name}` ({bad} of {} values)",
+                        tensor.numel()
+                    ));
+                }
+            }
+        }
+        None
     }
 
     fn make_batch(&self, samples: &[TrainSample]) -> Batch {
@@ -348,6 +406,14 @@ impl<'a> Trainer<'a> {
             path: state_path.into(),
             message,
         };
+        // Never replace a good state with a broken one.
+        if let Some(what) = self.first_non_finite() {
+            return Err(TrainError::NonFinite {
+                epoch: self.epochs_done + 1,
+                batch: self.progress.batches_done,
+                what,
+            });
+        }
         let meta = StateMeta {
             epochs_done: self.epochs_done,
             adam_step: self.adam.step,
@@ -399,10 +465,23 @@ impl<'a> Trainer<'a> {
             let view = st
                 .tensor(name)
                 .map_err(|_| state_err(format!("missing tensor `{name}`")))?;
+            if view.dtype() != safetensors::Dtype::F32 {
+                return Err(state_err(format!(
+                    "tensor `{name}` has dtype {:?}, expected F32",
+                    view.dtype()
+                )));
+            }
             let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            Ok(Tensor::f_from_data_size(view.data(), &shape, Kind::Float)
-                .map_err(|e| state_err(e.to_string()))?
-                .to_device(device))
+            let t = Tensor::f_from_data_size(view.data(), &shape, Kind::Float)
+                .map_err(|e| state_err(format!("tensor `{name}`: {e}")))?;
+            let bad = crate::non_finite_count(&t);
+            if bad > 0 {
+                return Err(state_err(format!(
+                    "tensor `{name}` has {bad} non-finite values (NaN or infinity) of {}",
+                    t.numel()
+                )));
+            }
+            Ok(t.to_device(device))
         };
         let deep_count = st
             .names()
