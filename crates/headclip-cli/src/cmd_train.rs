@@ -129,6 +129,9 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             args.joint_loss_weight
         );
     }
+    train_options(&args)
+        .check()
+        .map_err(|e| anyhow::anyhow!("training option {e}"))?;
     let files = run_files(&args);
     // Data first: every problem with it is reported before any compute.
     let samples = load_samples(&args)?;

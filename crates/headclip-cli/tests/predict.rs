@@ -477,3 +477,50 @@ fn a_non_finite_score_is_an_error_not_a_result() {
     assert!(error.contains("non-finite"), "{error}");
     assert!(stderr.contains("bottle_good_000.png"), "{stderr}");
 }
+
+/// Out-of-range values in a parameters file's `headclip.config` are refused when loading (exit
+/// 2), naming the file, the field and its range: they used to panic (S = 2⁴⁰, σ = 1e300),
+/// allocate 12.7 GB and abort (S = 65536, σ = 1e15) or compute NaN (σ = 1e-300).
+#[test]
+fn out_of_range_parameters_metadata_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = repo().join("examples/images/bottle_good_000.png");
+    let cases: [(&str, serde_json::Value, &str); 11] = [
+        ("image_size", (1i64 << 40).into(), "outside [16, 2048]"),
+        ("image_size", 65536.into(), "outside [16, 2048]"),
+        ("image_size", 0.into(), "outside [16, 2048]"),
+        ("smoothing_sigma", 1e300.into(), "outside [0.01, 64]"),
+        ("smoothing_sigma", 1e15.into(), "outside [0.01, 64]"),
+        ("smoothing_sigma", 1e-300.into(), "outside [0.01, 64]"),
+        ("jas_lambda", 2.0.into(), "outside [0, 1]"),
+        ("jas_top_fraction", 0.0.into(), "outside (0, 1]"),
+        ("readout", serde_json::json!([2, 99]), "in 1..=6"),
+        ("dpam_start", 7.into(), "outside 1..=6"),
+        ("clip_sha256", "abc".into(), "64 hexadecimal digits"),
+    ];
+    for (i, (field, value, range)) in cases.iter().enumerate() {
+        let params = dir.path().join(format!("bad{i}.safetensors"));
+        common::rewrite_metadata(&tiny("params_learned.safetensors"), &params, |m| {
+            let mut config: serde_json::Value =
+                serde_json::from_str(&m["headclip.config"]).unwrap();
+            config[*field] = value.clone();
+            m.insert("headclip.config".into(), config.to_string());
+        });
+        let out = predict_with(
+            &tiny("clip_openai.safetensors"),
+            &params,
+            &[image.to_str().unwrap()],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{field} = {value}: {stderr}");
+        assert!(out.stdout.is_empty(), "{field} = {value}");
+        assert!(!stderr.contains("panicked"), "{field} = {value}: {stderr}");
+        let name = format!("bad{i}.safetensors");
+        for words in [name.as_str(), field, range] {
+            assert!(
+                stderr.contains(words),
+                "{field} = {value}: {words}: {stderr}"
+            );
+        }
+    }
+}

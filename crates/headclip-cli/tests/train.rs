@@ -392,3 +392,73 @@ fn a_non_finite_training_state_is_refused() {
     }
     assert!(std::fs::read(&out).unwrap() == params_before);
 }
+
+/// Out-of-range values in a training state's metadata are refused by `--resume` (exit 2),
+/// naming the file, the field and its range; an Adam step of 10¹⁸ used to train to NaN.
+#[test]
+fn out_of_range_training_state_metadata_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = four_image_category(dir.path());
+    let data = format!("mvtec:{}", cat.display());
+    let out = dir.path().join("p.safetensors");
+    train_ok(&data, &out, &["--epochs", "1"]);
+    let state = dir.path().join("p.state.safetensors");
+    let good = std::fs::read(&state).unwrap();
+    let cases: [(&str, &str, serde_json::Value, &str); 6] = [
+        (
+            "",
+            "adam_step",
+            1_000_000_000_000_000_000i64.into(),
+            "adam_step 1000000000000000000 is outside 0..=2147483647",
+        ),
+        ("", "adam_step", (-1).into(), "outside 0..=2147483647"),
+        (
+            "options",
+            "batch_size",
+            0.into(),
+            "batch_size 0 is outside 1..=4096",
+        ),
+        (
+            "options",
+            "lr",
+            (-1.0).into(),
+            "lr -1 must be a finite number > 0",
+        ),
+        ("options", "beta2", 1.0.into(), "beta2 1 is outside [0, 1)"),
+        ("config", "smoothing_sigma", 1e300.into(), "smoothing_sigma"),
+    ];
+    for (parent, field, value, words) in cases {
+        std::fs::write(&state, &good).unwrap();
+        common::rewrite_metadata(&state.clone(), &state, |m| {
+            let mut meta: serde_json::Value =
+                serde_json::from_str(&m["headclip.training_state"]).unwrap();
+            let target = if parent.is_empty() {
+                &mut meta
+            } else {
+                &mut meta[parent]
+            };
+            target[field] = value.clone();
+            m.insert("headclip.training_state".into(), meta.to_string());
+        });
+        let output = train(&data, &out, &["--epochs", "2", "--resume"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{field}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        for w in ["p.state.safetensors", words] {
+            assert!(stderr.contains(w), "{field}: {w}: {stderr}");
+        }
+        assert_eq!(safetensors_metadata(&out)["headclip.epochs"], "1");
+    }
+    // The same bounds for a fresh run's options.
+    let output = train(
+        &data,
+        &dir.path().join("q.safetensors"),
+        &["--epochs", "200000"],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("epochs 200000 is outside 1..=100000"),
+        "{stderr}"
+    );
+}

@@ -46,8 +46,26 @@ pub fn rewrite_safetensors(
     dst: &Path,
     edit: impl Fn(&str, safetensors::Dtype, &mut [u8]),
 ) {
+    rewrite(src, dst, |_| {}, edit);
+}
+
+/// Copies the safetensors file `src` to `dst`, letting `edit` change its string metadata.
+pub fn rewrite_metadata(src: &Path, dst: &Path, edit: impl Fn(&mut HashMap<String, String>)) {
+    rewrite(src, dst, edit, |_, _, _| {});
+}
+
+fn rewrite(
+    src: &Path,
+    dst: &Path,
+    edit_metadata: impl Fn(&mut HashMap<String, String>),
+    edit: impl Fn(&str, safetensors::Dtype, &mut [u8]),
+) {
     let bytes = std::fs::read(src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut metadata = header.metadata().clone();
+    if let Some(m) = metadata.as_mut() {
+        edit_metadata(m);
+    }
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut data: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, view) in st.tensors() {
@@ -62,7 +80,7 @@ pub fn rewrite_safetensors(
             (name.clone(), view)
         })
         .collect();
-    let out = safetensors::serialize(views, &header.metadata().clone()).unwrap();
+    let out = safetensors::serialize(views, &metadata).unwrap();
     std::fs::write(dst, out).unwrap();
 }
 

@@ -89,7 +89,9 @@ impl HeadClipParams {
                     .map_err(|e| invalid(format!("metadata `{CONFIG_KEY}`: {e}")))?,
                 None => HeadClipConfig::default(),
             };
-        let resolved = config.resolve(clip)?;
+        let resolved = config
+            .resolve(clip)
+            .map_err(|e| invalid(format!("metadata `{CONFIG_KEY}`: {e}")))?;
         let st =
             safetensors::SafeTensors::deserialize(&bytes).map_err(|e| read_err(e.to_string()))?;
         let mut tensors: HashMap<String, Tensor> = HashMap::new();

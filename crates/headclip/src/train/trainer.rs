@@ -55,6 +55,48 @@ impl Default for TrainOptions {
     }
 }
 
+/// The most epochs, batches of a size, Adam steps a run or a training state may ask for.
+pub const MAX_EPOCHS: usize = 100_000;
+pub const MAX_BATCH_SIZE: usize = 4096;
+/// Adam's bias correction raises β to the step as an `i32`.
+pub const MAX_ADAM_STEP: i64 = i32::MAX as i64;
+pub const MAX_JOINT_WEIGHT: f64 = 100.0;
+
+impl TrainOptions {
+    /// Every option within its range; an error names the option and the range.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=MAX_EPOCHS).contains(&self.epochs) {
+            return Err(format!(
+                "epochs {} is outside 1..={MAX_EPOCHS}",
+                self.epochs
+            ));
+        }
+        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
+            return Err(format!(
+                "batch_size {} is outside 1..={MAX_BATCH_SIZE}",
+                self.batch_size
+            ));
+        }
+        // Any finite positive rate is a legitimate choice; one that diverges is stopped by the
+        // non-finite check of every batch.
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(format!("lr {} must be a finite number > 0", self.lr));
+        }
+        for (name, beta) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err(format!("{name} {beta} is outside [0, 1)"));
+            }
+        }
+        let joint = self.loss.joint_weight;
+        if !(0.0..=MAX_JOINT_WEIGHT).contains(&joint) {
+            return Err(format!(
+                "joint_weight {joint} is outside [0, {MAX_JOINT_WEIGHT}]"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Mean loss terms of an epoch, with how many samples went into it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EpochRecord {
@@ -91,6 +133,34 @@ pub struct StateMeta {
     pub in_epoch: Option<EpochProgress>,
 }
 
+impl StateMeta {
+    /// The counters and options within their ranges; an error names the field and the range.
+    pub fn check(&self) -> Result<(), String> {
+        self.options.check()?;
+        if !(0..=MAX_ADAM_STEP).contains(&self.adam_step) {
+            return Err(format!(
+                "adam_step {} is outside 0..={MAX_ADAM_STEP}",
+                self.adam_step
+            ));
+        }
+        if self.epochs_done > MAX_EPOCHS {
+            return Err(format!(
+                "epochs_done {} is outside 0..={MAX_EPOCHS}",
+                self.epochs_done
+            ));
+        }
+        if let Some(p) = &self.in_epoch {
+            if p.batches_trained > p.batches_done {
+                return Err(format!(
+                    "in_epoch: batches_trained {} is more than batches_done {}",
+                    p.batches_trained, p.batches_done
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error("training state {path}: {message}")]
@@ -103,6 +173,8 @@ pub enum TrainError {
     Data(String),
     #[error("{0}")]
     Io(String),
+    #[error("training option {0}")]
+    Options(String),
     /// The loss or a parameter stopped being finite: the run cannot go on, and nothing more is
     /// written (the files of the last good epoch or checkpoint stay as they were).
     #[error(
@@ -142,6 +214,7 @@ impl<'a> Trainer<'a> {
         options: TrainOptions,
         deep_prompts: usize,
     ) -> Result<Self, TrainError> {
+        options.check().map_err(TrainError::Options)?;
         let config = file_config
             .resolve(&clip.config)
             .map_err(crate::model::ParamsError::from)?;
@@ -454,10 +527,12 @@ impl<'a> Trainer<'a> {
                 ))
             })?;
         let meta: StateMeta = serde_json::from_str(json).map_err(|e| state_err(e.to_string()))?;
+        meta.check()
+            .map_err(|e| state_err(format!("metadata `{STATE_KEY}`: {e}")))?;
         let config = meta
             .config
             .resolve(&clip.config)
-            .map_err(crate::model::ParamsError::from)?;
+            .map_err(|e| state_err(format!("metadata `{STATE_KEY}`: config: {e}")))?;
         let st =
             safetensors::SafeTensors::deserialize(&bytes).map_err(|e| state_err(e.to_string()))?;
         let device = clip.text.device();
