@@ -524,3 +524,115 @@ fn out_of_range_parameters_metadata_is_refused() {
         }
     }
 }
+
+/// `output()` with a deadline: the child is killed, and the test fails, if it runs longer.
+fn output_within(mut cmd: std::process::Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {limit:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn predict_command(extra: &[&str]) -> std::process::Command {
+    let mut cmd = common::headclip();
+    cmd.args(model_args()).args(extra);
+    cmd
+}
+
+/// Links in a scanned folder: two links back up the tree (loops), a link to a sibling folder, a
+/// link to a file and a broken link. Each image is scored once, under its own path; the others
+/// are skipped with a warning naming them, and the run ends promptly.
+#[test]
+fn links_in_folders_are_followed_without_loops_or_repeats() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("in");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    let bottle = repo().join("examples/images/bottle_good_000.png");
+    std::fs::copy(&bottle, root.join("a.png")).unwrap();
+    std::fs::copy(&bottle, root.join("sub/b.png")).unwrap();
+    symlink(".", root.join("loop_here")).unwrap();
+    symlink("..", root.join("sub/loop_up")).unwrap();
+    symlink("sub", root.join("sub_again")).unwrap();
+    symlink("a.png", root.join("a_link.png")).unwrap();
+    symlink("missing.png", root.join("dangling.png")).unwrap();
+
+    let out = output_within(
+        predict_command(&[root.to_str().unwrap()]),
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let mut paths: Vec<String> = lines(&out)
+        .iter()
+        .map(|r| {
+            assert!(r["score"].is_number(), "{r}");
+            r["path"].as_str().unwrap().to_string()
+        })
+        .collect();
+    paths.sort();
+    let expected: Vec<String> = ["a.png", "sub/b.png"]
+        .iter()
+        .map(|p| root.join(p).display().to_string())
+        .collect();
+    assert_eq!(paths, expected, "{stderr}");
+    for name in [
+        "loop_here",
+        "loop_up",
+        "sub_again",
+        "dangling.png",
+        "a_link.png",
+    ] {
+        assert!(stderr.contains(name), "a warning names {name}: {stderr}");
+    }
+}
+
+/// `--out` inside the folder being scanned: the second run scores the same two images, not the
+/// maps and overlays the first one wrote.
+#[test]
+fn the_output_folder_is_never_scanned() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("in");
+    std::fs::create_dir_all(&root).unwrap();
+    let bottle = repo().join("examples/images/bottle_good_000.png");
+    std::fs::copy(&bottle, root.join("a.png")).unwrap();
+    std::fs::copy(&bottle, root.join("b.png")).unwrap();
+    let results = root.join("results");
+    let expected: Vec<String> = [root.join("a.png"), root.join("b.png")]
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    for run in 1..=2 {
+        let out = run_predict(&["--out", results.to_str().unwrap(), root.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "run {run}: {stderr}");
+        let names: Vec<String> = lines(&out)
+            .iter()
+            .map(|r| r["path"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, expected, "run {run}");
+    }
+    let mut written: Vec<String> = std::fs::read_dir(&results)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(
+        written,
+        ["a.npy", "a_overlay.png", "b.npy", "b_overlay.png"]
+    );
+}
