@@ -636,3 +636,53 @@ fn the_output_folder_is_never_scanned() {
         ["a.npy", "a_overlay.png", "b.npy", "b_overlay.png"]
     );
 }
+
+/// `headclip predict FOLDER | head -1`: the reader closes the pipe after the first line; the run
+/// stops at its next line, quietly (no panic), and exits 0 within seconds instead of scoring the
+/// rest or hanging.
+#[test]
+fn a_reader_that_stops_early_ends_the_run() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let bottle = repo().join("examples/images/bottle_good_000.png");
+    for i in 0..24 {
+        std::fs::copy(&bottle, dir.path().join(format!("{i:02}.png"))).unwrap();
+    }
+    let mut child = predict_command(&[dir.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr_pipe.read_to_string(&mut text);
+        text
+    });
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader (and with it the pipe's only read end) is dropped here.
+    let line: serde_json::Value = serde_json::from_str(&first).expect("a JSON line");
+    assert!(line["score"].is_number(), "{line}");
+    let closed = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if closed.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "still running 20 s after its reader went; stderr:\n{}",
+                stderr.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = stderr.join().unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("24 images scored"), "{stderr}");
+}
