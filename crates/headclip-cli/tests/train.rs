@@ -308,6 +308,7 @@ fn bf16_training_runs_and_keeps_fp32_parameters() {
         }
         std::fs::remove_file(&out_path).unwrap();
         std::fs::remove_file(dir.path().join("bf16.state.safetensors")).unwrap();
+        std::fs::remove_file(dir.path().join("bf16.losses.jsonl")).unwrap();
     }
 }
 
@@ -460,5 +461,127 @@ fn out_of_range_training_state_metadata_is_refused() {
     assert!(
         stderr.contains("epochs 200000 is outside 1..=100000"),
         "{stderr}"
+    );
+}
+
+/// `--resume` refuses options that change the result (naming each, with both values) unless
+/// `--force-resume`; a fresh run refuses an existing state and loss log unless `--overwrite`,
+/// which starts the log afresh; bad output paths fail before any compute. Refused runs leave
+/// the files as they were.
+#[test]
+fn runs_are_not_mixed_and_outputs_are_checked_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = four_image_category(dir.path());
+    let data = format!("mvtec:{}", cat.display());
+    let out = dir.path().join("p.safetensors");
+    let files = [
+        out.clone(),
+        dir.path().join("p.state.safetensors"),
+        dir.path().join("p.losses.jsonl"),
+    ];
+    train_ok(&data, &out, &["--epochs", "1"]);
+    let before: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    let unchanged = |what: &str| {
+        for (f, b) in files.iter().zip(&before) {
+            assert!(
+                std::fs::read(f).unwrap() == *b,
+                "{what}: {} changed",
+                f.display()
+            );
+        }
+    };
+    let refused = |data: &str, extra: &[&str], words: &[&str]| {
+        let output = train(data, &out, extra);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{extra:?}: {stderr}");
+        for w in words {
+            assert!(stderr.contains(w), "{extra:?}: {w}: {stderr}");
+        }
+        unchanged(&format!("{extra:?}"));
+    };
+    refused(
+        &data,
+        &["--epochs", "1"],
+        &[
+            "p.state.safetensors and",
+            "p.losses.jsonl already exist",
+            "--overwrite",
+        ],
+    );
+    refused(
+        &data,
+        &[
+            "--epochs",
+            "2",
+            "--resume",
+            "--lr",
+            "0.01",
+            "--seed",
+            "5",
+            "--lhw-form",
+            "sigmoid",
+        ],
+        &[
+            "lr: 0.001 in the state, 0.01 now",
+            "seed: 111 in the state, 5 now",
+            "lhw_form: softmax in the state, sigmoid now",
+            "--force-resume",
+        ],
+    );
+    let other = small_category(&dir.path().join("other"));
+    refused(
+        &format!("mvtec:{}", other.display()),
+        &["--epochs", "2", "--resume"],
+        &["data: mvtec:", "in the state"],
+    );
+    refused(
+        &data,
+        &["--epochs", "2", "--resume", "--precision", "bf16"],
+        &["precision: fp32 in the state, bf16 now"],
+    );
+    // Output paths: a folder, a missing folder; refused before the data or model are read.
+    for (extra, words) in [
+        (vec!["--state", dir.path().to_str().unwrap()], "is a folder"),
+        (
+            vec!["--loss-log", "/nonexistent/dir/x.jsonl"],
+            "does not exist",
+        ),
+    ] {
+        let output = train(&data, &dir.path().join("new.safetensors"), &extra);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(words), "{words}: {stderr}");
+        assert!(!stderr.contains("training on"), "{stderr}");
+        assert!(!dir.path().join("new.safetensors").exists());
+    }
+
+    // More epochs are fine; --force-resume continues with the state's options.
+    let stderr = train_ok(
+        &data,
+        &out,
+        &[
+            "--epochs",
+            "2",
+            "--resume",
+            "--lr",
+            "0.01",
+            "--force-resume",
+        ],
+    );
+    assert!(
+        stderr.contains("lr: 0.001 in the state, 0.01 now"),
+        "{stderr}"
+    );
+    assert_eq!(safetensors_metadata(&out)["headclip.epochs"], "2");
+    // --overwrite starts afresh: one epoch in the parameters, one summary in the log.
+    train_ok(&data, &out, &["--epochs", "1", "--overwrite"]);
+    assert_eq!(safetensors_metadata(&out)["headclip.epochs"], "1");
+    let log = std::fs::read_to_string(&files[2]).unwrap();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("\"summary\":true"))
+            .count(),
+        1,
+        "{log}"
     );
 }
