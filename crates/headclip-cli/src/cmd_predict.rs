@@ -50,14 +50,44 @@ struct Input {
     from_folder: bool,
 }
 
-fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<Input>> {
+/// A file's or folder's identity on disk (device and inode): the same through any link.
+type FileId = (u64, u64);
+
+fn file_id(meta: &std::fs::Metadata) -> FileId {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+/// The files to score, each once however many paths reach it. Folders are searched recursively,
+/// following links, each folder once (a link back to a folder already searched is a loop and
+/// is skipped with a warning, as is a broken link); `skip_dir`, the output folder, is never
+/// searched.
+fn collect_inputs(paths: &[PathBuf], skip_dir: Option<FileId>) -> Result<Vec<Input>> {
     let mut inputs = Vec::new();
+    let mut walker = Walker {
+        seen_dirs: std::collections::HashSet::new(),
+        skip_dir,
+    };
+    let mut seen_files = std::collections::HashSet::new();
+    let mut first_time = |path: &Path| match std::fs::metadata(path) {
+        Ok(meta) if !seen_files.insert(file_id(&meta)) => {
+            tracing::warn!(
+                "{} is a file already listed (through a link or twice): scored once",
+                path.display()
+            );
+            false
+        }
+        _ => true,
+    };
     for arg in paths {
         if arg.is_dir() {
             let mut files = Vec::new();
-            walk(arg, &mut files)?;
+            walker.walk_root(arg, &mut files)?;
             files.sort();
             for path in files {
+                if !first_time(&path) {
+                    continue;
+                }
                 let rel = path.strip_prefix(arg).unwrap_or(&path).with_extension("");
                 inputs.push(Input {
                     path,
@@ -66,6 +96,9 @@ fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<Input>> {
                 });
             }
         } else {
+            if !first_time(arg) {
+                continue;
+            }
             let stem = arg
                 .file_stem()
                 .map(PathBuf::from)
@@ -80,22 +113,74 @@ fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<Input>> {
     Ok(inputs)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", dir.display()))?;
-    for entry in entries {
-        let entry = entry?;
-        let path = entry.path();
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            continue;
+struct Walker {
+    /// Folders searched so far, by identity.
+    seen_dirs: std::collections::HashSet<FileId>,
+    skip_dir: Option<FileId>,
+}
+
+impl Walker {
+    fn walk_root(&mut self, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", dir.display()))?;
+        if self.enter(dir, &meta) {
+            self.walk(dir, out)?;
         }
-        if path.is_dir() {
-            walk(&path, out)?;
-        } else {
-            out.push(path);
-        }
+        Ok(())
     }
-    Ok(())
+
+    /// Whether to search the folder `dir`: not the output folder, not one searched already.
+    fn enter(&mut self, dir: &Path, meta: &std::fs::Metadata) -> bool {
+        let id = file_id(meta);
+        if self.skip_dir == Some(id) {
+            tracing::info!("not searching {}: it is the output folder", dir.display());
+            return false;
+        }
+        if !self.seen_dirs.insert(id) {
+            tracing::warn!(
+                "skipping {}: a link to a folder already searched (a loop or a second path)",
+                dir.display()
+            );
+            return false;
+        }
+        true
+    }
+
+    fn walk(&mut self, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let mut entries = std::fs::read_dir(dir)
+            .and_then(|entries| entries.collect::<io::Result<Vec<_>>>())
+            .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", dir.display()))?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            // Follows links; a broken or looping one (ELOOP) is passed over.
+            let meta = match std::fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    let link =
+                        std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+                    let what = if link {
+                        "a broken or looping link"
+                    } else {
+                        "unreadable"
+                    };
+                    tracing::warn!("skipping {}: {what} ({e})", path.display());
+                    continue;
+                }
+            };
+            if meta.is_dir() {
+                if self.enter(&path, &meta) {
+                    self.walk(&path, out)?;
+                }
+            } else {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Why an input has no result line.
@@ -129,7 +214,13 @@ pub fn run(args: PredictArgs) -> Result<i32> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let mut inputs = collect_inputs(&args.paths)?;
+    // Outputs are never inputs: the output folder (when it exists already) is not searched.
+    let out_dir = args
+        .out
+        .as_deref()
+        .and_then(|out| std::fs::metadata(out).ok())
+        .map(|meta| file_id(&meta));
+    let mut inputs = collect_inputs(&args.paths, out_dir)?;
     if let Some(missing) = inputs.iter().find(|i| !i.from_folder && !i.path.exists()) {
         bail!("{} does not exist", missing.path.display());
     }

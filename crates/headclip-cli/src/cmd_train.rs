@@ -18,8 +18,9 @@ use headclip::clip::Clip;
 use headclip::detector::load_clip;
 use headclip::model::{HeadClipConfig, LhwForm, LhwPaths, DEFAULT_DEEP_PROMPTS};
 use headclip::train::{
-    memory, CheckpointPolicy, EpochProgress, EpochRecord, LossSelection, LossTerms, RunFiles,
-    RunOutcome, TrainObserver, TrainOptions, TrainSet, TrainSetCounts, Trainer,
+    memory, run_settings, setting_differences, CheckpointPolicy, EpochProgress, EpochRecord,
+    LossSelection, LossTerms, RunFiles, RunOutcome, TrainObserver, TrainOptions, TrainSet,
+    TrainSetCounts, Trainer,
 };
 use headclip_data::datasets::{self, DataSpec, LoadOptions, Sample, DATA_SPEC_HELP};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -45,6 +46,13 @@ pub struct TrainArgs {
     /// Continue from the training state instead of starting afresh.
     #[arg(long)]
     pub resume: bool,
+    /// With --resume: continue although options that change the result (data, weights, seed,
+    /// batch size, learning rate, image size, …) differ from the state's.
+    #[arg(long, requires = "resume")]
+    pub force_resume: bool,
+    /// Start afresh over an existing training state and loss log (the log starts empty).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Seconds between training-state checkpoints inside an epoch (0: only at epoch ends).
     #[arg(long, default_value_t = 300)]
     pub checkpoint_interval: u64,
@@ -129,7 +137,26 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             args.joint_loss_weight
         );
     }
+    train_options(&args)
+        .check()
+        .map_err(|e| anyhow::anyhow!("training option {e}"))?;
     let files = run_files(&args);
+    // The output paths before anything else, so that a bad one fails now, not after an epoch.
+    files.check()?;
+    if !args.resume {
+        let existing = files.existing_run();
+        if !existing.is_empty() && !args.overwrite {
+            bail!(
+                "{} already exist{}: pass --resume to continue that run or --overwrite to start afresh",
+                existing
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+                if existing.len() == 1 { "s" } else { "" }
+            );
+        }
+    }
     // Data first: every problem with it is reported before any compute.
     let samples = load_samples(&args)?;
     check_classes(TrainSetCounts::of(&samples), args.allow_single_class)?;
@@ -148,6 +175,9 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         trainer.options.epochs,
         trainer.options.batch_size
     );
+    if args.overwrite && !(args.resume && files.state.exists()) {
+        files.clear_loss_log()?;
+    }
     install_stop_handler();
     let policy = CheckpointPolicy {
         interval: (args.checkpoint_interval > 0)
@@ -231,8 +261,9 @@ fn trainer<'c>(
     weights: &Path,
 ) -> Result<Trainer<'c>> {
     let sha = headclip::weights::sha256_file(weights)?;
+    let provenance = provenance(args, &sha);
     let mut trainer = if args.resume && state.exists() {
-        resume(args, clip, state)?
+        resume(args, clip, state, &sha, &provenance)?
     } else {
         if args.resume {
             tracing::warn!("no training state at {}: starting afresh", state.display());
@@ -244,8 +275,14 @@ fn trainer<'c>(
             args.deep_prompts,
         )?
     };
-    trainer.provenance = BTreeMap::from([
-        ("headclip.clip_sha256".to_string(), sha),
+    trainer.provenance = provenance;
+    Ok(trainer)
+}
+
+/// What a run records of where it came from: the weights' sha256, the data and the precision.
+fn provenance(args: &TrainArgs, sha: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("headclip.clip_sha256".to_string(), sha.to_string()),
         (
             "headclip.data".to_string(),
             args.data
@@ -254,8 +291,11 @@ fn trainer<'c>(
                 .collect::<Vec<_>>()
                 .join(" "),
         ),
-    ]);
-    Ok(trainer)
+        (
+            "headclip.precision".to_string(),
+            args.model.precision.to_string(),
+        ),
+    ])
 }
 
 fn file_config(args: &TrainArgs, clip_sha256: String) -> HeadClipConfig {
@@ -293,24 +333,45 @@ fn train_options(args: &TrainArgs) -> TrainOptions {
 }
 
 /// The run in the state file. Its length and how the backward pass is computed are as asked
-/// now; everything else comes from the state.
-fn resume<'c>(args: &TrainArgs, clip: &'c Clip, state: &Path) -> Result<Trainer<'c>> {
+/// now; every option that changes the result must match the state's (or --force-resume, and
+/// then the state's are used).
+fn resume<'c>(
+    args: &TrainArgs,
+    clip: &'c Clip,
+    state: &Path,
+    sha: &str,
+    provenance: &BTreeMap<String, String>,
+) -> Result<Trainer<'c>> {
     let mut t = Trainer::resume(clip, state)?;
+    let requested = run_settings(
+        &file_config(args, sha.to_string()),
+        &train_options(args),
+        args.deep_prompts,
+        provenance,
+    );
+    let differences = setting_differences(&t.settings(), &requested);
+    if !differences.is_empty() {
+        let list = differences
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}: {} in the state, {} now",
+                    d.name, d.in_state, d.requested
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        if !args.force_resume {
+            bail!(
+                "cannot resume {}: options differ from the run it holds ({list}); run with the \
+                 state's options, or pass --force-resume to continue with the state's",
+                state.display()
+            );
+        }
+        tracing::warn!("resuming with the state's options although they differ: {list}");
+    }
     t.options.epochs = args.epochs;
     t.options.gradient_checkpointing = args.gradient_checkpointing;
-    if t.options.seed != args.seed || t.options.batch_size != args.batch_size {
-        tracing::warn!(
-            "resuming with the state's seed {} and batch size {}",
-            t.options.seed,
-            t.options.batch_size
-        );
-    }
-    if t.options.loss.joint_weight != args.joint_loss_weight {
-        tracing::warn!(
-            "resuming with the state's joint-loss weight {}",
-            t.options.loss.joint_weight
-        );
-    }
     tracing::info!("resuming {} after epoch {}", state.display(), t.epochs_done);
     Ok(t)
 }

@@ -395,3 +395,294 @@ fn same_stem_different_extension_keeps_both_outputs() {
     );
     assert!(out_dir.join("Y92_png.npy").exists() && out_dir.join("Y92_jpg.npy").exists());
 }
+
+/// Predict with the given weights and parameters files (not the fixture's).
+fn predict_with(weights: &Path, params: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "predict".to_string(),
+        "--weights".into(),
+        weights.display().to_string(),
+        "--params".into(),
+        params.display().to_string(),
+        "--threads".into(),
+        "2".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    headclip(&refs, &[])
+}
+
+/// NaN in a parameters file or in the CLIP weights: refused when loading (exit 2), naming the
+/// file and the tensor; nothing is scored.
+#[test]
+fn non_finite_weights_or_parameters_are_refused_when_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = repo().join("examples/images/bottle_good_000.png");
+    let image = image.to_str().unwrap();
+
+    let params = dir.path().join("nan_params.safetensors");
+    common::rewrite_f32_tensors(&tiny("params_learned.safetensors"), &params, |name, v| {
+        if name == "prompt.ctx_pos" {
+            v[5] = f32::NAN;
+        }
+    });
+    let out = predict_with(&tiny("clip_openai.safetensors"), &params, &[image]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing is scored");
+    for words in ["nan_params.safetensors", "`prompt.ctx_pos`", "1 non-finite"] {
+        assert!(stderr.contains(words), "{words}: {stderr}");
+    }
+
+    // CLIP weights are f16 here: 0x7E00 is a NaN.
+    let weights = dir.path().join("nan_clip.safetensors");
+    common::rewrite_safetensors(
+        &tiny("clip_openai.safetensors"),
+        &weights,
+        |name, dtype, raw| {
+            if name == "ln_final.weight" {
+                assert_eq!(dtype, safetensors::Dtype::F16);
+                raw[2..4].copy_from_slice(&0x7E00u16.to_le_bytes());
+            }
+        },
+    );
+    let params = tiny("params_learned.safetensors");
+    let out = predict_with(&weights, &params, &[image]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing is scored");
+    for words in ["nan_clip.safetensors", "`ln_final.weight`", "1 non-finite"] {
+        assert!(stderr.contains(words), "{words}: {stderr}");
+    }
+}
+
+/// A model that computes NaN never reports a verdict: each image gets an error line (no
+/// `score`), the error is on stderr, and the exit status is 1.
+#[test]
+fn a_non_finite_score_is_an_error_not_a_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let params = common::overflowing_params(dir.path());
+    let images = repo().join("examples/images/bottle_good_000.png");
+    let out = predict_with(
+        &tiny("clip_openai.safetensors"),
+        &params,
+        &[images.to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let results = lines(&out);
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert!(results[0].get("score").is_none(), "{}", results[0]);
+    let error = results[0]["error"].as_str().unwrap();
+    assert!(error.contains("non-finite"), "{error}");
+    assert!(stderr.contains("bottle_good_000.png"), "{stderr}");
+}
+
+/// Out-of-range values in a parameters file's `headclip.config` are refused when loading (exit
+/// 2), naming the file, the field and its range: they used to panic (S = 2⁴⁰, σ = 1e300),
+/// allocate 12.7 GB and abort (S = 65536, σ = 1e15) or compute NaN (σ = 1e-300).
+#[test]
+fn out_of_range_parameters_metadata_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = repo().join("examples/images/bottle_good_000.png");
+    let cases: [(&str, serde_json::Value, &str); 11] = [
+        ("image_size", (1i64 << 40).into(), "outside [16, 2048]"),
+        ("image_size", 65536.into(), "outside [16, 2048]"),
+        ("image_size", 0.into(), "outside [16, 2048]"),
+        ("smoothing_sigma", 1e300.into(), "outside [0.01, 64]"),
+        ("smoothing_sigma", 1e15.into(), "outside [0.01, 64]"),
+        ("smoothing_sigma", 1e-300.into(), "outside [0.01, 64]"),
+        ("jas_lambda", 2.0.into(), "outside [0, 1]"),
+        ("jas_top_fraction", 0.0.into(), "outside (0, 1]"),
+        ("readout", serde_json::json!([2, 99]), "in 1..=6"),
+        ("dpam_start", 7.into(), "outside 1..=6"),
+        ("clip_sha256", "abc".into(), "64 hexadecimal digits"),
+    ];
+    for (i, (field, value, range)) in cases.iter().enumerate() {
+        let params = dir.path().join(format!("bad{i}.safetensors"));
+        common::rewrite_metadata(&tiny("params_learned.safetensors"), &params, |m| {
+            let mut config: serde_json::Value =
+                serde_json::from_str(&m["headclip.config"]).unwrap();
+            config[*field] = value.clone();
+            m.insert("headclip.config".into(), config.to_string());
+        });
+        let out = predict_with(
+            &tiny("clip_openai.safetensors"),
+            &params,
+            &[image.to_str().unwrap()],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{field} = {value}: {stderr}");
+        assert!(out.stdout.is_empty(), "{field} = {value}");
+        assert!(!stderr.contains("panicked"), "{field} = {value}: {stderr}");
+        let name = format!("bad{i}.safetensors");
+        for words in [name.as_str(), field, range] {
+            assert!(
+                stderr.contains(words),
+                "{field} = {value}: {words}: {stderr}"
+            );
+        }
+    }
+}
+
+/// `output()` with a deadline: the child is killed, and the test fails, if it runs longer.
+fn output_within(mut cmd: std::process::Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {limit:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn predict_command(extra: &[&str]) -> std::process::Command {
+    let mut cmd = common::headclip();
+    cmd.args(model_args()).args(extra);
+    cmd
+}
+
+/// Links in a scanned folder: two links back up the tree (loops), a link to a sibling folder, a
+/// link to a file and a broken link. Each image is scored once, under its own path; the others
+/// are skipped with a warning naming them, and the run ends promptly.
+#[test]
+fn links_in_folders_are_followed_without_loops_or_repeats() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("in");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    let bottle = repo().join("examples/images/bottle_good_000.png");
+    std::fs::copy(&bottle, root.join("a.png")).unwrap();
+    std::fs::copy(&bottle, root.join("sub/b.png")).unwrap();
+    symlink(".", root.join("loop_here")).unwrap();
+    symlink("..", root.join("sub/loop_up")).unwrap();
+    symlink("sub", root.join("sub_again")).unwrap();
+    symlink("a.png", root.join("a_link.png")).unwrap();
+    symlink("missing.png", root.join("dangling.png")).unwrap();
+
+    let out = output_within(
+        predict_command(&[root.to_str().unwrap()]),
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let mut paths: Vec<String> = lines(&out)
+        .iter()
+        .map(|r| {
+            assert!(r["score"].is_number(), "{r}");
+            r["path"].as_str().unwrap().to_string()
+        })
+        .collect();
+    paths.sort();
+    let expected: Vec<String> = ["a.png", "sub/b.png"]
+        .iter()
+        .map(|p| root.join(p).display().to_string())
+        .collect();
+    assert_eq!(paths, expected, "{stderr}");
+    for name in [
+        "loop_here",
+        "loop_up",
+        "sub_again",
+        "dangling.png",
+        "a_link.png",
+    ] {
+        assert!(stderr.contains(name), "a warning names {name}: {stderr}");
+    }
+}
+
+/// `--out` inside the folder being scanned: the second run scores the same two images, not the
+/// maps and overlays the first one wrote.
+#[test]
+fn the_output_folder_is_never_scanned() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("in");
+    std::fs::create_dir_all(&root).unwrap();
+    let bottle = repo().join("examples/images/bottle_good_000.png");
+    std::fs::copy(&bottle, root.join("a.png")).unwrap();
+    std::fs::copy(&bottle, root.join("b.png")).unwrap();
+    let results = root.join("results");
+    let expected: Vec<String> = [root.join("a.png"), root.join("b.png")]
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    for run in 1..=2 {
+        let out = run_predict(&["--out", results.to_str().unwrap(), root.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "run {run}: {stderr}");
+        let names: Vec<String> = lines(&out)
+            .iter()
+            .map(|r| r["path"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, expected, "run {run}");
+    }
+    let mut written: Vec<String> = std::fs::read_dir(&results)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(
+        written,
+        ["a.npy", "a_overlay.png", "b.npy", "b_overlay.png"]
+    );
+}
+
+/// `headclip predict FOLDER | head -1`: the reader closes the pipe after the first line; the run
+/// stops at its next line, quietly (no panic), and exits 0 within seconds instead of scoring the
+/// rest or hanging.
+#[test]
+fn a_reader_that_stops_early_ends_the_run() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let bottle = repo().join("examples/images/bottle_good_000.png");
+    for i in 0..24 {
+        std::fs::copy(&bottle, dir.path().join(format!("{i:02}.png"))).unwrap();
+    }
+    let mut child = predict_command(&[dir.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr_pipe.read_to_string(&mut text);
+        text
+    });
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader (and with it the pipe's only read end) is dropped here.
+    let line: serde_json::Value = serde_json::from_str(&first).expect("a JSON line");
+    assert!(line["score"].is_number(), "{line}");
+    let closed = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if closed.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "still running 20 s after its reader went; stderr:\n{}",
+                stderr.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = stderr.join().unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("24 images scored"), "{stderr}");
+}

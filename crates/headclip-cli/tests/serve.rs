@@ -1243,3 +1243,38 @@ fn page_in_headless_chromium() {
     }
     eprintln!("screenshot: {} ({} bytes)", path.display(), png.len());
 }
+
+/// A model that computes NaN answers an error status with the reason, never 200 with a score;
+/// the server goes on serving.
+#[test]
+fn a_non_finite_score_is_an_error_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let params = common::overflowing_params(dir.path());
+    let server = Server::start_with(
+        &[
+            "--weights",
+            tiny("clip_openai.safetensors").to_str().unwrap(),
+            "--params",
+            params.to_str().unwrap(),
+            "--threads",
+            "1",
+        ],
+        &[],
+        &[],
+    );
+    for _ in 0..2 {
+        let reply = post(
+            &server.url("/v1/detect"),
+            Some("image/png"),
+            &bottle(),
+            None,
+        );
+        let text: String = reply.2.chars().take(300).collect();
+        assert_eq!(reply.0, 500, "{text}");
+        let body = json_of(&reply);
+        assert!(body.get("score").is_none(), "{text}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains("non-finite"), "{error}");
+    }
+    assert_eq!(get(&server.url("/healthz")).0, 200);
+}

@@ -308,6 +308,7 @@ fn bf16_training_runs_and_keeps_fp32_parameters() {
         }
         std::fs::remove_file(&out_path).unwrap();
         std::fs::remove_file(dir.path().join("bf16.state.safetensors")).unwrap();
+        std::fs::remove_file(dir.path().join("bf16.losses.jsonl")).unwrap();
     }
 }
 
@@ -318,4 +319,269 @@ fn bf16_resumed_training_is_bit_identical() {
     let cat = small_category(dir.path());
     let data = format!("mvtec:{}", cat.display());
     assert_resume_is_bit_identical(dir.path(), &data, &["--precision", "bf16"]);
+}
+
+/// `small_category` with 2 good and 2 broken images: one batch of 4 per epoch.
+fn four_image_category(root: &Path) -> PathBuf {
+    let cat = small_category(root);
+    for file in [
+        "test/good/002.png",
+        "test/broken_large/002.png",
+        "ground_truth/broken_large/002_mask.png",
+    ] {
+        std::fs::remove_file(cat.join(file)).unwrap();
+    }
+    cat
+}
+
+/// A learning rate of 10³⁰: the first epoch's update leaves huge but finite parameters, the
+/// next loss is NaN. The run stops with an error (exit 2) naming the epoch and the loss, and the
+/// parameters, state and loss log of the last good epoch are left byte for byte as they were.
+#[test]
+fn a_diverging_run_stops_and_keeps_the_last_good_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = four_image_category(dir.path());
+    let data = format!("mvtec:{}", cat.display());
+    let out = dir.path().join("p.safetensors");
+    let files = [
+        out.clone(),
+        dir.path().join("p.state.safetensors"),
+        dir.path().join("p.losses.jsonl"),
+    ];
+    train_ok(&data, &out, &["--epochs", "1", "--lr", "1e30"]);
+    let before: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+
+    let output = train(&data, &out, &["--epochs", "3", "--lr", "1e30", "--resume"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("training diverged in epoch 2, batch 1: the loss (total NaN"),
+        "{stderr}"
+    );
+    for (file, bytes) in files.iter().zip(&before) {
+        assert!(
+            std::fs::read(file).unwrap() == *bytes,
+            "{} changed",
+            file.display()
+        );
+    }
+    assert_eq!(safetensors_metadata(&out)["headclip.epochs"], "1");
+}
+
+/// A training state with a NaN (here in an Adam moment) is refused by `--resume`, naming the
+/// file and the tensor; nothing is trained or written.
+#[test]
+fn a_non_finite_training_state_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = four_image_category(dir.path());
+    let data = format!("mvtec:{}", cat.display());
+    let out = dir.path().join("p.safetensors");
+    train_ok(&data, &out, &["--epochs", "1"]);
+    let state = dir.path().join("p.state.safetensors");
+    common::rewrite_f32_tensors(&state.clone(), &state, |name, v| {
+        if name == "adam.v.lhw.theta" {
+            v[0] = f32::INFINITY;
+        }
+    });
+    let params_before = std::fs::read(&out).unwrap();
+    let output = train(&data, &out, &["--epochs", "2", "--resume"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    for words in ["p.state.safetensors", "`adam.v.lhw.theta`", "1 non-finite"] {
+        assert!(stderr.contains(words), "{words}: {stderr}");
+    }
+    assert!(std::fs::read(&out).unwrap() == params_before);
+}
+
+/// Out-of-range values in a training state's metadata are refused by `--resume` (exit 2),
+/// naming the file, the field and its range; an Adam step of 10¹⁸ used to train to NaN.
+#[test]
+fn out_of_range_training_state_metadata_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = four_image_category(dir.path());
+    let data = format!("mvtec:{}", cat.display());
+    let out = dir.path().join("p.safetensors");
+    train_ok(&data, &out, &["--epochs", "1"]);
+    let state = dir.path().join("p.state.safetensors");
+    let good = std::fs::read(&state).unwrap();
+    let cases: [(&str, &str, serde_json::Value, &str); 6] = [
+        (
+            "",
+            "adam_step",
+            1_000_000_000_000_000_000i64.into(),
+            "adam_step 1000000000000000000 is outside 0..=2147483647",
+        ),
+        ("", "adam_step", (-1).into(), "outside 0..=2147483647"),
+        (
+            "options",
+            "batch_size",
+            0.into(),
+            "batch_size 0 is outside 1..=4096",
+        ),
+        (
+            "options",
+            "lr",
+            (-1.0).into(),
+            "lr -1 must be a finite number > 0",
+        ),
+        ("options", "beta2", 1.0.into(), "beta2 1 is outside [0, 1)"),
+        ("config", "smoothing_sigma", 1e300.into(), "smoothing_sigma"),
+    ];
+    for (parent, field, value, words) in cases {
+        std::fs::write(&state, &good).unwrap();
+        common::rewrite_metadata(&state.clone(), &state, |m| {
+            let mut meta: serde_json::Value =
+                serde_json::from_str(&m["headclip.training_state"]).unwrap();
+            let target = if parent.is_empty() {
+                &mut meta
+            } else {
+                &mut meta[parent]
+            };
+            target[field] = value.clone();
+            m.insert("headclip.training_state".into(), meta.to_string());
+        });
+        let output = train(&data, &out, &["--epochs", "2", "--resume"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{field}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        for w in ["p.state.safetensors", words] {
+            assert!(stderr.contains(w), "{field}: {w}: {stderr}");
+        }
+        assert_eq!(safetensors_metadata(&out)["headclip.epochs"], "1");
+    }
+    // The same bounds for a fresh run's options.
+    let output = train(
+        &data,
+        &dir.path().join("q.safetensors"),
+        &["--epochs", "200000"],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("epochs 200000 is outside 1..=100000"),
+        "{stderr}"
+    );
+}
+
+/// `--resume` refuses options that change the result (naming each, with both values) unless
+/// `--force-resume`; a fresh run refuses an existing state and loss log unless `--overwrite`,
+/// which starts the log afresh; bad output paths fail before any compute. Refused runs leave
+/// the files as they were.
+#[test]
+fn runs_are_not_mixed_and_outputs_are_checked_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = four_image_category(dir.path());
+    let data = format!("mvtec:{}", cat.display());
+    let out = dir.path().join("p.safetensors");
+    let files = [
+        out.clone(),
+        dir.path().join("p.state.safetensors"),
+        dir.path().join("p.losses.jsonl"),
+    ];
+    train_ok(&data, &out, &["--epochs", "1"]);
+    let before: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    let unchanged = |what: &str| {
+        for (f, b) in files.iter().zip(&before) {
+            assert!(
+                std::fs::read(f).unwrap() == *b,
+                "{what}: {} changed",
+                f.display()
+            );
+        }
+    };
+    let refused = |data: &str, extra: &[&str], words: &[&str]| {
+        let output = train(data, &out, extra);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{extra:?}: {stderr}");
+        for w in words {
+            assert!(stderr.contains(w), "{extra:?}: {w}: {stderr}");
+        }
+        unchanged(&format!("{extra:?}"));
+    };
+    refused(
+        &data,
+        &["--epochs", "1"],
+        &[
+            "p.state.safetensors and",
+            "p.losses.jsonl already exist",
+            "--overwrite",
+        ],
+    );
+    refused(
+        &data,
+        &[
+            "--epochs",
+            "2",
+            "--resume",
+            "--lr",
+            "0.01",
+            "--seed",
+            "5",
+            "--lhw-form",
+            "sigmoid",
+        ],
+        &[
+            "lr: 0.001 in the state, 0.01 now",
+            "seed: 111 in the state, 5 now",
+            "lhw_form: softmax in the state, sigmoid now",
+            "--force-resume",
+        ],
+    );
+    let other = small_category(&dir.path().join("other"));
+    refused(
+        &format!("mvtec:{}", other.display()),
+        &["--epochs", "2", "--resume"],
+        &["data: mvtec:", "in the state"],
+    );
+    refused(
+        &data,
+        &["--epochs", "2", "--resume", "--precision", "bf16"],
+        &["precision: fp32 in the state, bf16 now"],
+    );
+    // Output paths: a folder, a missing folder; refused before the data or model are read.
+    for (extra, words) in [
+        (vec!["--state", dir.path().to_str().unwrap()], "is a folder"),
+        (
+            vec!["--loss-log", "/nonexistent/dir/x.jsonl"],
+            "does not exist",
+        ),
+    ] {
+        let output = train(&data, &dir.path().join("new.safetensors"), &extra);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(words), "{words}: {stderr}");
+        assert!(!stderr.contains("training on"), "{stderr}");
+        assert!(!dir.path().join("new.safetensors").exists());
+    }
+
+    // More epochs are fine; --force-resume continues with the state's options.
+    let stderr = train_ok(
+        &data,
+        &out,
+        &[
+            "--epochs",
+            "2",
+            "--resume",
+            "--lr",
+            "0.01",
+            "--force-resume",
+        ],
+    );
+    assert!(
+        stderr.contains("lr: 0.001 in the state, 0.01 now"),
+        "{stderr}"
+    );
+    assert_eq!(safetensors_metadata(&out)["headclip.epochs"], "2");
+    // --overwrite starts afresh: one epoch in the parameters, one summary in the log.
+    train_ok(&data, &out, &["--epochs", "1", "--overwrite"]);
+    assert_eq!(safetensors_metadata(&out)["headclip.epochs"], "1");
+    let log = std::fs::read_to_string(&files[2]).unwrap();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("\"summary\":true"))
+            .count(),
+        1,
+        "{log}"
+    );
 }

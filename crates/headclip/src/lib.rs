@@ -47,3 +47,14 @@ pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
+
+/// How many values of a floating-point tensor are NaN or infinite (0 for integer tensors).
+pub fn non_finite_count(t: &tch::Tensor) -> i64 {
+    if !t.is_floating_point() {
+        return 0;
+    }
+    t.isfinite()
+        .logical_not()
+        .sum(tch::Kind::Int64)
+        .int64_value(&[])
+}

@@ -181,14 +181,29 @@ fn load_torchscript(path: &Path) -> Result<StateDict, String> {
     let params = module
         .named_parameters()
         .map_err(|e| first_line(&e.to_string()))?;
-    let tensors = params
-        .into_iter()
-        .map(|(k, t)| (k, t.to_kind(Kind::Float).contiguous()))
-        .collect();
+    let mut tensors = HashMap::new();
+    for (name, t) in params {
+        let t = t.to_kind(Kind::Float).contiguous();
+        check_finite(&name, &t)?;
+        tensors.insert(name, t);
+    }
     Ok(StateDict::from_tensors(
         tensors,
         CheckpointFormat::TorchScript,
     ))
+}
+
+/// Refuses a weight tensor with NaN or infinite values: it would make every score NaN.
+fn check_finite(name: &str, t: &Tensor) -> Result<(), String> {
+    let bad = crate::non_finite_count(t);
+    if bad > 0 {
+        return Err(format!(
+            "tensor `{name}` has {bad} non-finite values (NaN or infinity) of {}: \
+             the weights are damaged",
+            t.numel()
+        ));
+    }
+    Ok(())
 }
 
 fn first_line(s: &str) -> String {
@@ -239,6 +254,7 @@ fn load_safetensors(path: &Path) -> Result<StateDict, LoadError> {
         } else {
             t.to_kind(Kind::Float)
         };
+        check_finite(&name, &t).map_err(LoadError::Format)?;
         let name = name.strip_prefix("module.").unwrap_or(&name).to_string();
         tensors.insert(name, t);
     }

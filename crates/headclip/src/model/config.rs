@@ -79,6 +79,11 @@ pub enum ConfigError {
         patch: i64,
         suggestion: i64,
     },
+    #[error(
+        "image size {size} is outside [{patch}, {max}] (one patch to {max} pixels, a multiple \
+         of the patch size {patch})"
+    )]
+    ImageSizeRange { size: i64, patch: i64, max: i64 },
     #[error("invalid option: {0}")]
     Invalid(String),
 }
@@ -118,7 +123,19 @@ pub fn default_layers(layers: usize) -> (usize, Vec<usize>) {
     (start, readout)
 }
 
+/// The largest input side S: a few thousand pixels. (S = 65536 asked for 12.7 GB before the
+/// first layer and aborted; the model's defaults are 224 to 518.)
+pub const MAX_IMAGE_SIZE: i64 = 2048;
+/// The largest smoothing σ, in pixels at S×S: its kernel spans 4σ on each side, so 64 already
+/// covers half of a 518-pixel map. Below [`MIN_SMOOTHING_SIGMA`] only 0 (no smoothing) is valid:
+/// σ = 1e-300 squared is 0, and the kernel is 0/0.
+pub const MAX_SMOOTHING_SIGMA: f64 = 64.0;
+pub const MIN_SMOOTHING_SIGMA: f64 = 0.01;
+
 impl HeadClipConfig {
+    /// Every field checked against its range (the read-out layers and `dpam_start` within the
+    /// backbone's depth, the image side a multiple of its patch) and the backbone's defaults
+    /// filled in. An error names the field and its range.
     pub fn resolve(&self, clip: &ClipConfig) -> Result<ResolvedConfig, ConfigError> {
         let layers = clip.vision.layers;
         let (default_start, default_readout) = default_layers(layers);
@@ -128,12 +145,12 @@ impl HeadClipConfig {
         readout.dedup();
         if dpam_start == 0 || dpam_start > layers {
             return Err(ConfigError::Invalid(format!(
-                "dpam_start {dpam_start} is outside 1..={layers}"
+                "dpam_start {dpam_start} is outside 1..={layers} (the backbone's blocks)"
             )));
         }
         if readout.is_empty() || readout.iter().any(|&l| l == 0 || l > layers) {
             return Err(ConfigError::Invalid(format!(
-                "readout {readout:?} must be non-empty layers in 1..={layers}"
+                "readout {readout:?} must be one or more layers in 1..={layers} (the backbone's blocks)"
             )));
         }
         if !(0.0..=1.0).contains(&self.jas_lambda) {
@@ -148,14 +165,24 @@ impl HeadClipConfig {
                 self.jas_top_fraction
             )));
         }
-        if !(self.smoothing_sigma >= 0.0 && self.smoothing_sigma.is_finite()) {
+        let sigma = self.smoothing_sigma;
+        if !(sigma == 0.0 || (MIN_SMOOTHING_SIGMA..=MAX_SMOOTHING_SIGMA).contains(&sigma)) {
             return Err(ConfigError::Invalid(format!(
-                "smoothing_sigma {} must be ≥ 0",
-                self.smoothing_sigma
+                "smoothing_sigma {sigma} is outside [{MIN_SMOOTHING_SIGMA}, {MAX_SMOOTHING_SIGMA}] \
+                 (or 0 for no smoothing)"
             )));
         }
+        if let Some(sha) = &self.clip_sha256 {
+            if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ConfigError::Invalid(format!(
+                    "clip_sha256 {:?} is not a sha256 (64 hexadecimal digits)",
+                    sha.chars().take(80).collect::<String>()
+                )));
+            }
+        }
         let image_size = self.image_size.unwrap_or_else(|| clip.default_image_size());
-        check_image_size(image_size, clip.vision.patch)?;
+        check_image_size(image_size, clip.vision.patch)
+            .map_err(|e| ConfigError::Invalid(format!("image_size: {e}")))?;
         Ok(ResolvedConfig {
             readout,
             dpam_start,
@@ -171,8 +198,14 @@ impl HeadClipConfig {
     }
 }
 
+/// An image side S: from one patch to [`MAX_IMAGE_SIZE`] (rounded down to the patch), and a
+/// multiple of the patch.
 pub fn check_image_size(size: i64, patch: i64) -> Result<(), ConfigError> {
-    if size <= 0 || size % patch != 0 {
+    let max = (MAX_IMAGE_SIZE / patch).max(1) * patch;
+    if !(patch..=max).contains(&size) {
+        return Err(ConfigError::ImageSizeRange { size, patch, max });
+    }
+    if size % patch != 0 {
         let suggestion = ((size as f64 / patch as f64).round() as i64).max(1) * patch;
         return Err(ConfigError::ImageSize {
             size,
@@ -208,5 +241,15 @@ mod tests {
         assert!(err.contains("not a multiple of the patch size 14"), "{err}");
         assert!(err.contains("try 504"), "{err}");
         assert!(check_image_size(518, 14).is_ok());
+    }
+
+    #[test]
+    fn image_size_is_bounded() {
+        for size in [1 << 40, 65536, 2058, 0, -14, 7] {
+            let err = check_image_size(size, 14).unwrap_err().to_string();
+            assert!(err.contains("outside [14, 2044]"), "{size}: {err}");
+        }
+        assert!(check_image_size(2044, 14).is_ok());
+        assert!(check_image_size(14, 14).is_ok());
     }
 }

@@ -89,7 +89,9 @@ impl HeadClipParams {
                     .map_err(|e| invalid(format!("metadata `{CONFIG_KEY}`: {e}")))?,
                 None => HeadClipConfig::default(),
             };
-        let resolved = config.resolve(clip)?;
+        let resolved = config
+            .resolve(clip)
+            .map_err(|e| invalid(format!("metadata `{CONFIG_KEY}`: {e}")))?;
         let st =
             safetensors::SafeTensors::deserialize(&bytes).map_err(|e| read_err(e.to_string()))?;
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
@@ -108,6 +110,14 @@ impl HeadClipParams {
             let t = Tensor::f_from_data_size(view.data(), &shape, kind)
                 .map_err(|e| invalid(format!("tensor `{name}`: {e}")))?
                 .to_kind(Kind::Float);
+            let bad = crate::non_finite_count(&t);
+            if bad > 0 {
+                return Err(invalid(format!(
+                    "tensor `{name}` has {bad} non-finite values (NaN or infinity) of {}; \
+                     these parameters are broken (did their training diverge?)",
+                    t.numel()
+                )));
+            }
             tensors.insert(name, t);
         }
 

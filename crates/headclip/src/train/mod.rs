@@ -11,6 +11,9 @@ pub mod trainer;
 pub use adam::Adam;
 pub use loss::LossTerms;
 pub use memory::MemoryEstimate;
-pub use run::{CheckpointPolicy, RunFiles, RunOutcome, TrainObserver, TrainSet, TrainSetCounts};
+pub use run::{
+    run_settings, setting_differences, CheckpointPolicy, RunFiles, RunOutcome, RunSettings,
+    SettingDifference, TrainObserver, TrainSet, TrainSetCounts,
+};
 pub use step::{loss_and_gradients, trainable, Batch, LossSelection};
 pub use trainer::{EpochProgress, EpochRecord, TrainError, TrainOptions, TrainSample, Trainer};

@@ -135,6 +135,133 @@ impl RunFiles {
     }
 }
 
+impl RunFiles {
+    /// Every output path can be written: its folder exists, it is not a folder itself, and a
+    /// file can be created beside it. Checked before any compute, so that a bad path fails in
+    /// a second, not after an epoch.
+    pub fn check(&self) -> Result<(), TrainError> {
+        for (what, path) in [
+            ("parameters file", &self.params),
+            ("training state", &self.state),
+            ("loss log", &self.loss_log),
+        ] {
+            let problem =
+                |message: &str| TrainError::Io(format!("the {what} {}: {message}", path.display()));
+            if path.is_dir() {
+                return Err(problem("is a folder, not a file"));
+            }
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            if !dir.is_dir() {
+                return Err(problem(&format!(
+                    "its folder {} does not exist",
+                    dir.display()
+                )));
+            }
+            tempfile::NamedTempFile::new_in(dir)
+                .map_err(|e| problem(&format!("cannot write in {}: {e}", dir.display())))?;
+            if path.exists() && std::fs::OpenOptions::new().append(true).open(path).is_err() {
+                return Err(problem("exists and cannot be written"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The files a fresh run would overwrite or append to: the state and the loss log.
+    pub fn existing_run(&self) -> Vec<&Path> {
+        [&self.state, &self.loss_log]
+            .into_iter()
+            .filter(|p| p.exists())
+            .map(PathBuf::as_path)
+            .collect()
+    }
+
+    /// Starts the loss log afresh (an empty file), for a run that overwrites an old one.
+    pub fn clear_loss_log(&self) -> Result<(), TrainError> {
+        std::fs::write(&self.loss_log, b"").map_err(|e| {
+            TrainError::Io(format!(
+                "clearing the loss log {}: {e}",
+                self.loss_log.display()
+            ))
+        })
+    }
+}
+
+/// The settings of a run that change its result, by name, as text: what a resumed run must
+/// share with the run in its state.
+pub type RunSettings = std::collections::BTreeMap<&'static str, String>;
+
+/// [`RunSettings`] of a run with this configuration, these options, `deep_prompts` deep prompts
+/// and this provenance (`headclip.clip_sha256`, `headclip.data`, `headclip.precision`). The
+/// run's length, and how gradients are computed, are left out: they may change on resume.
+pub fn run_settings(
+    config: &crate::model::HeadClipConfig,
+    options: &super::TrainOptions,
+    deep_prompts: usize,
+    provenance: &std::collections::BTreeMap<String, String>,
+) -> RunSettings {
+    let from = |key: &str| provenance.get(key).cloned().unwrap_or_default();
+    let debug = |v: &dyn std::fmt::Debug| format!("{v:?}").to_lowercase();
+    RunSettings::from([
+        ("weights (sha256)", from("headclip.clip_sha256")),
+        ("data", from("headclip.data")),
+        ("precision", from("headclip.precision")),
+        ("seed", options.seed.to_string()),
+        ("batch_size", options.batch_size.to_string()),
+        ("lr", options.lr.to_string()),
+        ("beta1", options.beta1.to_string()),
+        ("beta2", options.beta2.to_string()),
+        ("joint_loss_weight", options.loss.joint_weight.to_string()),
+        ("image_size", debug(&config.image_size)),
+        ("readout", debug(&config.readout)),
+        ("dpam_start", debug(&config.dpam_start)),
+        ("deep_prompts", deep_prompts.to_string()),
+        ("lhw_form", debug(&config.lhw_form)),
+        ("lhw_paths", debug(&config.lhw_paths)),
+        ("lhw_dynamic", config.lhw_dynamic.to_string()),
+        ("jas_lambda", config.jas_lambda.to_string()),
+        ("global_ln_post", config.global_ln_post.to_string()),
+    ])
+}
+
+/// One setting that differs between a training state and the run asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingDifference {
+    pub name: &'static str,
+    pub in_state: String,
+    pub requested: String,
+}
+
+/// The settings that differ. A setting the state did not record (an older state) is not
+/// compared.
+pub fn setting_differences(state: &RunSettings, requested: &RunSettings) -> Vec<SettingDifference> {
+    requested
+        .iter()
+        .filter_map(|(name, want)| {
+            let have = state.get(name)?;
+            (!have.is_empty() && have != want).then(|| SettingDifference {
+                name,
+                in_state: have.clone(),
+                requested: want.clone(),
+            })
+        })
+        .collect()
+}
+
+impl Trainer<'_> {
+    /// The [`RunSettings`] of the run this trainer holds.
+    pub fn settings(&self) -> RunSettings {
+        run_settings(
+            &self.file_config,
+            &self.options,
+            self.params.deep.len(),
+            &self.provenance,
+        )
+    }
+}
+
 /// `dir/stem.ext` → `dir/stem{suffix}`.
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let stem = path

@@ -55,6 +55,48 @@ impl Default for TrainOptions {
     }
 }
 
+/// The most epochs, batches of a size, Adam steps a run or a training state may ask for.
+pub const MAX_EPOCHS: usize = 100_000;
+pub const MAX_BATCH_SIZE: usize = 4096;
+/// Adam's bias correction raises β to the step as an `i32`.
+pub const MAX_ADAM_STEP: i64 = i32::MAX as i64;
+pub const MAX_JOINT_WEIGHT: f64 = 100.0;
+
+impl TrainOptions {
+    /// Every option within its range; an error names the option and the range.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=MAX_EPOCHS).contains(&self.epochs) {
+            return Err(format!(
+                "epochs {} is outside 1..={MAX_EPOCHS}",
+                self.epochs
+            ));
+        }
+        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
+            return Err(format!(
+                "batch_size {} is outside 1..={MAX_BATCH_SIZE}",
+                self.batch_size
+            ));
+        }
+        // Any finite positive rate is a legitimate choice; one that diverges is stopped by the
+        // non-finite check of every batch.
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(format!("lr {} must be a finite number > 0", self.lr));
+        }
+        for (name, beta) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err(format!("{name} {beta} is outside [0, 1)"));
+            }
+        }
+        let joint = self.loss.joint_weight;
+        if !(0.0..=MAX_JOINT_WEIGHT).contains(&joint) {
+            return Err(format!(
+                "joint_weight {joint} is outside [0, {MAX_JOINT_WEIGHT}]"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Mean loss terms of an epoch, with how many samples went into it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EpochRecord {
@@ -91,6 +133,34 @@ pub struct StateMeta {
     pub in_epoch: Option<EpochProgress>,
 }
 
+impl StateMeta {
+    /// The counters and options within their ranges; an error names the field and the range.
+    pub fn check(&self) -> Result<(), String> {
+        self.options.check()?;
+        if !(0..=MAX_ADAM_STEP).contains(&self.adam_step) {
+            return Err(format!(
+                "adam_step {} is outside 0..={MAX_ADAM_STEP}",
+                self.adam_step
+            ));
+        }
+        if self.epochs_done > MAX_EPOCHS {
+            return Err(format!(
+                "epochs_done {} is outside 0..={MAX_EPOCHS}",
+                self.epochs_done
+            ));
+        }
+        if let Some(p) = &self.in_epoch {
+            if p.batches_trained > p.batches_done {
+                return Err(format!(
+                    "in_epoch: batches_trained {} is more than batches_done {}",
+                    p.batches_trained, p.batches_done
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error("training state {path}: {message}")]
@@ -103,6 +173,20 @@ pub enum TrainError {
     Data(String),
     #[error("{0}")]
     Io(String),
+    #[error("training option {0}")]
+    Options(String),
+    /// The loss or a parameter stopped being finite: the run cannot go on, and nothing more is
+    /// written (the files of the last good epoch or checkpoint stay as they were).
+    #[error(
+        "training diverged in epoch {epoch}, batch {batch}: {what} is not finite (NaN or \
+         infinity); nothing was saved from this batch on, the files of the last good epoch or \
+         checkpoint are unchanged (try a smaller learning rate)"
+    )]
+    NonFinite {
+        epoch: usize,
+        batch: usize,
+        what: String,
+    },
 }
 
 pub struct Trainer<'a> {
@@ -130,6 +214,7 @@ impl<'a> Trainer<'a> {
         options: TrainOptions,
         deep_prompts: usize,
     ) -> Result<Self, TrainError> {
+        options.check().map_err(TrainError::Options)?;
         let config = file_config
             .resolve(&clip.config)
             .map_err(crate::model::ParamsError::from)?;
@@ -201,7 +286,9 @@ impl<'a> Trainer<'a> {
         order
     }
 
-    /// One batch: loss, gradients, Adam update.
+    /// One batch: loss, gradients, Adam update. A non-finite loss is refused before the update,
+    /// a non-finite parameter or moment after it ([`TrainError::NonFinite`]); the trainer must
+    /// then not be saved.
     pub fn train_batch(&mut self, samples: &[TrainSample]) -> Result<LossTerms, TrainError> {
         let batch = self.make_batch(samples);
         let terms = loss_and_gradients(
@@ -213,12 +300,56 @@ impl<'a> Trainer<'a> {
             self.options.loss,
             self.options.gradient_checkpointing,
         )?;
+        let (epoch, batch_no) = (self.epochs_done + 1, self.progress.batches_done.max(1));
+        let diverged = |what: String| TrainError::NonFinite {
+            epoch,
+            batch: batch_no,
+            what,
+        };
+        let LossTerms {
+            total,
+            ce,
+            focal,
+            dice,
+            joint,
+        } = terms;
+        if ![total, ce, focal, dice, joint]
+            .iter()
+            .all(|v| v.is_finite())
+        {
+            return Err(diverged(format!(
+                "the loss (total {total}, ce {ce}, focal {focal}, dice {dice}, joint {joint})"
+            )));
+        }
         let tensors: Vec<&Tensor> = trainable(&self.params)
             .into_iter()
             .map(|(_, t)| t)
             .collect();
         self.adam.step(&tensors);
+        if let Some(what) = self.first_non_finite() {
+            return Err(diverged(what));
+        }
         Ok(terms)
+    }
+
+    /// The first trainable parameter or Adam moment with a NaN or infinite value, described.
+    pub fn first_non_finite(&self) -> Option<String> {
+        for (i, (name, t)) in trainable(&self.params).into_iter().enumerate() {
+            for (what, tensor) in [
+                ("parameter", t),
+                ("Adam's first moment of", &self.adam.m[i]),
+                ("Adam's second moment of", &self.adam.v[i]),
+            ] {
+                let bad = crate::non_finite_count(tensor);
+                if bad > 0 {
+                    return Some(format!(
+                        "{what} `{name}` ({bad} of {} values)",
+                        tensor.numel()
+                    ));
+                }
+            }
+        }
+        None
     }
 
     fn make_batch(&self, samples: &[TrainSample]) -> Batch {
@@ -348,6 +479,14 @@ impl<'a> Trainer<'a> {
             path: state_path.into(),
             message,
         };
+        // Never replace a good state with a broken one.
+        if let Some(what) = self.first_non_finite() {
+            return Err(TrainError::NonFinite {
+                epoch: self.epochs_done + 1,
+                batch: self.progress.batches_done,
+                what,
+            });
+        }
         let meta = StateMeta {
             epochs_done: self.epochs_done,
             adam_step: self.adam.step,
@@ -388,10 +527,12 @@ impl<'a> Trainer<'a> {
                 ))
             })?;
         let meta: StateMeta = serde_json::from_str(json).map_err(|e| state_err(e.to_string()))?;
+        meta.check()
+            .map_err(|e| state_err(format!("metadata `{STATE_KEY}`: {e}")))?;
         let config = meta
             .config
             .resolve(&clip.config)
-            .map_err(crate::model::ParamsError::from)?;
+            .map_err(|e| state_err(format!("metadata `{STATE_KEY}`: config: {e}")))?;
         let st =
             safetensors::SafeTensors::deserialize(&bytes).map_err(|e| state_err(e.to_string()))?;
         let device = clip.text.device();
@@ -399,10 +540,23 @@ impl<'a> Trainer<'a> {
             let view = st
                 .tensor(name)
                 .map_err(|_| state_err(format!("missing tensor `{name}`")))?;
+            if view.dtype() != safetensors::Dtype::F32 {
+                return Err(state_err(format!(
+                    "tensor `{name}` has dtype {:?}, expected F32",
+                    view.dtype()
+                )));
+            }
             let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            Ok(Tensor::f_from_data_size(view.data(), &shape, Kind::Float)
-                .map_err(|e| state_err(e.to_string()))?
-                .to_device(device))
+            let t = Tensor::f_from_data_size(view.data(), &shape, Kind::Float)
+                .map_err(|e| state_err(format!("tensor `{name}`: {e}")))?;
+            let bad = crate::non_finite_count(&t);
+            if bad > 0 {
+                return Err(state_err(format!(
+                    "tensor `{name}` has {bad} non-finite values (NaN or infinity) of {}",
+                    t.numel()
+                )));
+            }
+            Ok(t.to_device(device))
         };
         let deep_count = st
             .names()
