@@ -17,8 +17,8 @@ use headclip_data::viz;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::engine::{load_detector, ModelArgs};
 use crate::cmd_test::report::names::append_to_file_name;
+use crate::engine::{load_detector, ModelArgs};
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {

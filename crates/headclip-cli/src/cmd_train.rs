@@ -128,35 +128,7 @@ impl From<LhwPathsArg> for LhwPaths {
 }
 
 pub fn run(args: TrainArgs) -> Result<i32> {
-    if args.batch_size == 0 || args.epochs == 0 {
-        bail!("--batch-size and --epochs must be at least 1");
-    }
-    if !(args.joint_loss_weight.is_finite() && args.joint_loss_weight >= 0.0) {
-        bail!(
-            "--joint-loss-weight must be a finite number ≥ 0, not {}",
-            args.joint_loss_weight
-        );
-    }
-    train_options(&args)
-        .check()
-        .map_err(|e| anyhow::anyhow!("training option {e}"))?;
-    let files = run_files(&args);
-    // The output paths before anything else, so that a bad one fails now, not after an epoch.
-    files.check()?;
-    if !args.resume {
-        let existing = files.existing_run();
-        if !existing.is_empty() && !args.overwrite {
-            bail!(
-                "{} already exist{}: pass --resume to continue that run or --overwrite to start afresh",
-                existing
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(" and "),
-                if existing.len() == 1 { "s" } else { "" }
-            );
-        }
-    }
+    let files = checked_files(&args)?;
     // Data first: every problem with it is reported before any compute.
     let samples = load_samples(&args)?;
     check_classes(TrainSetCounts::of(&samples), args.allow_single_class)?;
@@ -184,7 +156,45 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             .then(|| Duration::from_secs(args.checkpoint_interval)),
     };
     let mut progress = Progress::new(set.len(), &trainer, &files.params);
-    match trainer.run(&set, &files, policy, &STOP, &mut progress)? {
+    let outcome = trainer.run(&set, &files, policy, &STOP, &mut progress)?;
+    Ok(report_outcome(outcome, &files, &progress))
+}
+
+/// The options and output files checked before anything is read: a bad path or an existing
+/// run fails now, not after an epoch.
+fn checked_files(args: &TrainArgs) -> Result<RunFiles> {
+    if args.batch_size == 0 || args.epochs == 0 {
+        bail!("--batch-size and --epochs must be at least 1");
+    }
+    if !(args.joint_loss_weight.is_finite() && args.joint_loss_weight >= 0.0) {
+        bail!(
+            "--joint-loss-weight must be a finite number ≥ 0, not {}",
+            args.joint_loss_weight
+        );
+    }
+    train_options(args)
+        .check()
+        .map_err(|e| anyhow::anyhow!("training option {e}"))?;
+    let files = run_files(args);
+    files.check()?;
+    let existing = files.existing_run();
+    if !args.resume && !args.overwrite && !existing.is_empty() {
+        bail!(
+            "{} already exist{}: pass --resume to continue that run or --overwrite to start afresh",
+            existing
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" and "),
+            if existing.len() == 1 { "s" } else { "" }
+        );
+    }
+    Ok(files)
+}
+
+/// Says how the run ended; the exit status (130 after a stop, as after Ctrl-C).
+fn report_outcome(outcome: RunOutcome, files: &RunFiles, progress: &Progress) -> i32 {
+    match outcome {
         RunOutcome::Stopped { epoch, batch } => {
             progress.bar.abandon();
             eprintln!(
@@ -193,7 +203,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
                 files.state.display(),
                 files.params.display()
             );
-            Ok(130)
+            130
         }
         RunOutcome::Finished { skipped } => {
             if !skipped.is_empty() {
@@ -202,7 +212,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
                     eprintln!("  {s}");
                 }
             }
-            Ok(0)
+            0
         }
     }
 }
