@@ -515,67 +515,17 @@ impl<'a> Trainer<'a> {
             message,
         };
         let bytes = std::fs::read(state_path).map_err(|e| state_err(e.to_string()))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| state_err(e.to_string()))?;
-        let json = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(STATE_KEY))
-            .ok_or_else(|| {
-                state_err(format!(
-                    "no `{STATE_KEY}` metadata: not a training-state file"
-                ))
-            })?;
-        let meta: StateMeta = serde_json::from_str(json).map_err(|e| state_err(e.to_string()))?;
-        meta.check()
-            .map_err(|e| state_err(format!("metadata `{STATE_KEY}`: {e}")))?;
+        let meta = read_state_meta(&bytes).map_err(state_err)?;
         let config = meta
             .config
             .resolve(&clip.config)
             .map_err(|e| state_err(format!("metadata `{STATE_KEY}`: config: {e}")))?;
-        let st =
-            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| state_err(e.to_string()))?;
-        let device = clip.text.device();
-        let get = |name: &str| -> Result<Tensor, TrainError> {
-            let view = st
-                .tensor(name)
-                .map_err(|_| state_err(format!("missing tensor `{name}`")))?;
-            if view.dtype() != safetensors::Dtype::F32 {
-                return Err(state_err(format!(
-                    "tensor `{name}` has dtype {:?}, expected F32",
-                    view.dtype()
-                )));
-            }
-            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            let t = Tensor::f_from_data_size(view.data(), &shape, Kind::Float)
-                .map_err(|e| state_err(format!("tensor `{name}`: {e}")))?;
-            let bad = crate::non_finite_count(&t);
-            if bad > 0 {
-                return Err(state_err(format!(
-                    "tensor `{name}` has {bad} non-finite values (NaN or infinity) of {}",
-                    t.numel()
-                )));
-            }
-            Ok(t.to_device(device))
+        let tensors = StateTensors {
+            st: safetensors::SafeTensors::deserialize(&bytes)
+                .map_err(|e| state_err(e.to_string()))?,
+            device: clip.text.device(),
         };
-        let deep_count = st
-            .names()
-            .iter()
-            .filter(|n| n.starts_with("param.prompt.deep."))
-            .count();
-        let params = HeadClipParams {
-            ctx_pos: get("param.prompt.ctx_pos")?,
-            ctx_neg: get("param.prompt.ctx_neg")?,
-            deep: (0..deep_count)
-                .map(|i| get(&format!("param.prompt.deep.{i}")))
-                .collect::<Result<_, _>>()?,
-            theta: get("param.lhw.theta")?,
-            u: if config.lhw_dynamic {
-                Some(get("param.lhw.u")?)
-            } else {
-                None
-            },
-        };
+        let params = tensors.params(config.lhw_dynamic).map_err(state_err)?;
         let expected_rows = config.lhw_rows(clip.vision.config.layers) as i64;
         if params.theta.size()[0] != expected_rows
             || params.ctx_pos.size()[1] != clip.text.config.width
@@ -584,13 +534,7 @@ impl<'a> Trainer<'a> {
                 "its tensors do not fit this CLIP backbone".into(),
             ));
         }
-        let names: Vec<String> = trainable(&params).into_iter().map(|(n, _)| n).collect();
-        let mut adam = Adam::new(&[], meta.options.lr, meta.options.beta1, meta.options.beta2);
-        adam.step = meta.adam_step;
-        for name in &names {
-            adam.m.push(get(&format!("adam.m.{name}"))?);
-            adam.v.push(get(&format!("adam.v.{name}"))?);
-        }
+        let adam = tensors.adam(&params, &meta).map_err(state_err)?;
         let mut trainer = Self::assemble(
             clip,
             config,
@@ -604,5 +548,85 @@ impl<'a> Trainer<'a> {
         trainer.provenance = meta.provenance;
         trainer.progress = meta.in_epoch.unwrap_or_default();
         Ok(trainer)
+    }
+}
+
+/// The checked metadata of a training-state file.
+fn read_state_meta(bytes: &[u8]) -> Result<StateMeta, String> {
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
+    let json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(STATE_KEY))
+        .ok_or_else(|| format!("no `{STATE_KEY}` metadata: not a training-state file"))?;
+    let meta: StateMeta = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    meta.check()
+        .map_err(|e| format!("metadata `{STATE_KEY}`: {e}"))?;
+    Ok(meta)
+}
+
+/// The tensors of a training-state file, read as checked f32 on the training device.
+struct StateTensors<'b> {
+    st: safetensors::SafeTensors<'b>,
+    device: tch::Device,
+}
+
+impl StateTensors<'_> {
+    fn get(&self, name: &str) -> Result<Tensor, String> {
+        let view = self
+            .st
+            .tensor(name)
+            .map_err(|_| format!("missing tensor `{name}`"))?;
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(format!(
+                "tensor `{name}` has dtype {:?}, expected F32",
+                view.dtype()
+            ));
+        }
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let t = Tensor::f_from_data_size(view.data(), &shape, Kind::Float)
+            .map_err(|e| format!("tensor `{name}`: {e}"))?;
+        let bad = crate::non_finite_count(&t);
+        if bad > 0 {
+            return Err(format!(
+                "tensor `{name}` has {bad} non-finite values (NaN or infinity) of {}",
+                t.numel()
+            ));
+        }
+        Ok(t.to_device(self.device))
+    }
+
+    fn params(&self, dynamic: bool) -> Result<HeadClipParams, String> {
+        let deep_count = self
+            .st
+            .names()
+            .iter()
+            .filter(|n| n.starts_with("param.prompt.deep."))
+            .count();
+        Ok(HeadClipParams {
+            ctx_pos: self.get("param.prompt.ctx_pos")?,
+            ctx_neg: self.get("param.prompt.ctx_neg")?,
+            deep: (0..deep_count)
+                .map(|i| self.get(&format!("param.prompt.deep.{i}")))
+                .collect::<Result<_, _>>()?,
+            theta: self.get("param.lhw.theta")?,
+            u: if dynamic {
+                Some(self.get("param.lhw.u")?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Adam with its step and the moments of every trainable tensor of `params`.
+    fn adam(&self, params: &HeadClipParams, meta: &StateMeta) -> Result<Adam, String> {
+        let o = &meta.options;
+        let mut adam = Adam::new(&[], o.lr, o.beta1, o.beta2);
+        adam.step = meta.adam_step;
+        for (name, _) in trainable(params) {
+            adam.m.push(self.get(&format!("adam.m.{name}"))?);
+            adam.v.push(self.get(&format!("adam.v.{name}"))?);
+        }
+        Ok(adam)
     }
 }
