@@ -531,6 +531,31 @@ fn detect_raw_and_multipart() {
 }
 
 #[test]
+fn a_megabyte_file_name_is_not_echoed_back() {
+    let server = Server::start(&[]);
+    let png = synthetic(64, 48, image::ImageFormat::Png);
+    let long = format!("{}.png", "n".repeat(1 << 20));
+    for (bytes, status) in [(&png[..], 200), (&b"not an image"[..], 422)] {
+        let body = form(&[("image", Some(&long), bytes)]);
+        let reply = post(
+            &server.url("/v1/detect?overlay=none"),
+            Some(&form_type()),
+            &body,
+            None,
+        );
+        assert_eq!(reply.0, status, "{}", &reply.2[..reply.2.len().min(300)]);
+        // The answer names the part, but not with a megabyte.
+        assert!(reply.2.len() < 2048, "answer of {} bytes", reply.2.len());
+        assert!(reply.2.contains("nnnn"), "{}", reply.2);
+    }
+    assert!(
+        server.stderr().len() < 64 << 10,
+        "{} bytes logged",
+        server.stderr().len()
+    );
+}
+
+#[test]
 fn token_is_required_when_set() {
     let server = Server::start_with(
         &[

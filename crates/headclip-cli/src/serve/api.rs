@@ -315,7 +315,7 @@ async fn detect_form(
                         format!("at most {max_images} images per request (--queue)"),
                     ));
                 }
-                let file_name = field.file_name().map(str::to_string);
+                let file_name = field.file_name().map(bounded_file_name);
                 let bytes = timeout_at(deadline, field.bytes())
                     .await
                     .map_err(|_| body_timeout())?
@@ -381,6 +381,23 @@ async fn detect_form(
         })
         .collect();
     Ok(Value::Array(out))
+}
+
+/// Longest file name echoed back, in bytes (a file system's limit); a client's name can be as
+/// long as the body allows, and answers and logs must not grow with it.
+const MAX_ECHOED_NAME: usize = 255;
+
+/// The part's file name as answers and errors show it: cut to [`MAX_ECHOED_NAME`] bytes at a
+/// character boundary, with "…" where it was cut.
+fn bounded_file_name(name: &str) -> String {
+    if name.len() <= MAX_ECHOED_NAME {
+        return name.to_string();
+    }
+    let mut end = MAX_ECHOED_NAME;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &name[..end])
 }
 
 fn describe(index: usize, file_name: Option<&str>) -> String {
@@ -684,6 +701,15 @@ pub async fn not_found() -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_file_names_are_cut_at_a_character() {
+        assert_eq!(bounded_file_name("a.png"), "a.png");
+        let long = "é".repeat(1 << 19); // 1 MiB of two-byte characters
+        let cut = bounded_file_name(&long);
+        assert!(cut.len() <= MAX_ECHOED_NAME + "…".len(), "{}", cut.len());
+        assert!(cut.ends_with('…') && cut.starts_with("éé"));
+    }
 
     #[test]
     fn content_types_are_sorted_out() {
