@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use headclip::detector::{Detection, StreamFailure, StreamOptions};
 use headclip::write_atomically;
-use headclip_data::images::{self, DecodeLimits, ImageSource, PreparedImage, Preprocessor};
+use headclip_data::images::{self, DecodeLimits, PreparedImage, Preprocessor};
 use headclip_data::viz;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -204,7 +204,7 @@ fn prepare(
     if skip_non_images && input.from_folder && !bytes.is_empty() && !images::is_image(&bytes) {
         return Err(Failure::Skipped);
     }
-    match preprocessor.prepare(ImageSource::Bytes(bytes), keep_original) {
+    match preprocessor.prepare_encoded(&bytes, keep_original) {
         Ok(image) => Ok((image, ())),
         Err(e) => Err(Failure::Failed(e.to_string())),
     }

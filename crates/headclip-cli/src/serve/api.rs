@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use headclip_data::images::{ImageSource, RgbImage};
+use headclip_data::images::RgbImage;
 use headclip_data::viz;
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
@@ -504,12 +504,11 @@ async fn score_image(
 ) -> Result<ImageResult, ApiError> {
     let preprocessor = app.preprocessor;
     let keep_original = overlay != OverlayMode::None;
-    let image = tokio::task::spawn_blocking(move || {
-        preprocessor.prepare(ImageSource::Bytes(bytes.to_vec()), keep_original)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("decoding failed: {e}")))?
-    .map_err(|e| ApiError::from_data(&e))?;
+    let image =
+        tokio::task::spawn_blocking(move || preprocessor.prepare_encoded(&bytes, keep_original))
+            .await
+            .map_err(|e| ApiError::internal(format!("decoding failed: {e}")))?
+            .map_err(|e| ApiError::from_data(&e))?;
 
     let (reply, answer) = oneshot::channel();
     let job = Job {

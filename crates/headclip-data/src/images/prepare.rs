@@ -72,35 +72,56 @@ impl Preprocessor {
         source: ImageSource,
         keep_original: bool,
     ) -> Result<PreparedImage, DataError> {
+        self.check_side()?;
+        match source {
+            ImageSource::Path(path) => {
+                let bytes = read_file(&path)?;
+                self.prepare_encoded(&bytes, keep_original)
+                    .map_err(|error| DataError::File {
+                        path,
+                        error: Box::new(error),
+                    })
+            }
+            ImageSource::Bytes(bytes) => self.prepare_encoded(&bytes, keep_original),
+            ImageSource::Decoded(image) => {
+                image.check()?;
+                Ok(self.finish(image, None, keep_original))
+            }
+        }
+    }
+
+    /// [`Preprocessor::prepare`] for encoded bytes the caller keeps (an HTTP body), without
+    /// copying them into an [`ImageSource`].
+    pub fn prepare_encoded(
+        &self,
+        bytes: &[u8],
+        keep_original: bool,
+    ) -> Result<PreparedImage, DataError> {
+        self.check_side()?;
+        let image = decode_rgb(bytes, &self.limits)?;
+        Ok(self.finish(image, sniff_format(bytes), keep_original))
+    }
+
+    fn check_side(&self) -> Result<(), DataError> {
         if self.side == 0 {
             return Err(DataError::InvalidArgument("model side 0".into()));
         }
-        let (image, format) = match source {
-            ImageSource::Path(path) => {
-                let bytes = read_file(&path)?;
-                self.decode(&bytes).map_err(|error| DataError::File {
-                    path,
-                    error: Box::new(error),
-                })?
-            }
-            ImageSource::Bytes(bytes) => self.decode(&bytes)?,
-            ImageSource::Decoded(image) => {
-                image.check()?;
-                (image, None)
-            }
-        };
-        Ok(PreparedImage {
+        Ok(())
+    }
+
+    fn finish(
+        &self,
+        image: RgbImage,
+        format: Option<ImageFormat>,
+        keep_original: bool,
+    ) -> PreparedImage {
+        PreparedImage {
             pixels: preprocess(&image, self.side),
             width: image.width,
             height: image.height,
             format,
             original: keep_original.then_some(image),
-        })
-    }
-
-    fn decode(&self, bytes: &[u8]) -> Result<(RgbImage, Option<ImageFormat>), DataError> {
-        let image = decode_rgb(bytes, &self.limits)?;
-        Ok((image, sniff_format(bytes)))
+        }
     }
 }
 
