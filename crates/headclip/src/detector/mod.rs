@@ -32,7 +32,6 @@ mod spec;
 mod stream;
 
 use std::panic::AssertUnwindSafe;
-use std::path::{Path, PathBuf};
 
 use headclip_data::images::{
     DataError, DecodeLimits, ImageFormat, ImageSource, PreparedImage, Preprocessor, RgbImage,
@@ -178,16 +177,6 @@ impl Detector {
     /// What the detector was built from.
     pub fn spec(&self) -> &ModelSpec {
         &self.spec
-    }
-
-    /// The weights file.
-    pub fn weights_path(&self) -> &Path {
-        &self.spec.weights
-    }
-
-    /// The parameters file, if any.
-    pub fn params_path(&self) -> Option<&PathBuf> {
-        self.spec.params.as_ref()
     }
 
     /// The side S of the maps.

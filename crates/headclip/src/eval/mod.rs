@@ -322,8 +322,8 @@ impl ModelSummary {
     pub fn new(detector: &Detector) -> Self {
         let model = detector.model();
         ModelSummary {
-            weights: Some(detector.weights_path().to_path_buf()),
-            params: detector.params_path().cloned(),
+            weights: Some(detector.spec().weights.clone()),
+            params: detector.spec().params.clone(),
             architecture: model.clip.config.name(),
             mode: model.mode,
             device: device_name(model.device()),
