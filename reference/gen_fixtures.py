@@ -175,15 +175,16 @@ def check_hugging_face(hf: dict, model, p: dict, images: torch.Tensor):
     print("Hugging Face layout checked against transformers.CLIPModel")
 
 
-def load_images(side: int, count: int) -> torch.Tensor:
+def load_image(rel: str, side: int) -> torch.Tensor:
     mean = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
     std = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
-    out = []
-    for rel in IMAGES[:count]:
-        im = Image.open(SHARED / rel).convert("RGB").resize((side, side), Image.BICUBIC)
-        x = (np.asarray(im, dtype=np.float32) / 255.0 - mean) / std
-        out.append(torch.from_numpy(x.transpose(2, 0, 1).copy()))
-    return torch.stack(out)
+    im = Image.open(SHARED / rel).convert("RGB").resize((side, side), Image.BICUBIC)
+    x = (np.asarray(im, dtype=np.float32) / 255.0 - mean) / std
+    return torch.from_numpy(x.transpose(2, 0, 1).copy())
+
+
+def load_images(side: int, count: int) -> torch.Tensor:
+    return torch.stack([load_image(rel, side) for rel in IMAGES[:count]])
 
 
 def training_masks(side: int) -> torch.Tensor:
@@ -196,14 +197,15 @@ def training_masks(side: int) -> torch.Tensor:
     return torch.stack([m, torch.zeros_like(m)])
 
 
-def training_step(model, images, labels, masks, cfg, params, joint_weight: float = 0.0) -> dict:
+def training_step(model, images, labels, masks, cfg, params, joint_weight: float = 0.0,
+                  mask_known=None) -> dict:
     """Loss terms, gradients of every trainable tensor, and the parameters after one Adam step
     (lr 1e-3, betas 0.5/0.999)."""
     out = {}
     named = ref.trainable(params)
     for t in named.values():
         t.requires_grad_(True)
-    loss = ref.training_loss(model, images, labels, masks, cfg, params, joint_weight)
+    loss = ref.training_loss(model, images, labels, masks, cfg, params, joint_weight, mask_known)
     loss["total"].backward()
     for k, v in loss.items():
         out[f"loss.{k}"] = v.detach().reshape(1)
@@ -235,6 +237,28 @@ def training_fixture(model, p: dict, images: torch.Tensor, cases: dict, seed: in
                          random_params(p, cfg, seed + 1 + learned), JOINT_WEIGHT)
     out.update({f"train.joint.{k}": v for k, v in step.items()})
     out["train.joint.weight"] = torch.tensor([JOINT_WEIGHT])
+    out.update(mixed_data_fixture(model, p, images, cfg, random_params(p, cfg, seed + 1 + learned)))
+    return out
+
+
+# An anomalous image of an image-level set (no mask), added to the fixture batch for the
+# mixed-data case.
+IMAGE_LEVEL_IMAGE = "mvtec_bottle/bottle/test/broken_small/000.png"
+
+
+def mixed_data_fixture(model, p: dict, images: torch.Tensor, cfg, params) -> dict:
+    """One step on a mixed batch: the masked anomalous image, the normal image of the same
+    (masked) set, and an anomalous image without a mask."""
+    side = p["side"]
+    third = load_image(IMAGE_LEVEL_IMAGE, side)
+    batch = torch.cat([images, third[None]])
+    labels = torch.tensor([1, 0, 1])
+    masks = torch.cat([training_masks(side), torch.zeros(1, side, side)])
+    mask_known = torch.tensor([True, True, False])
+    step = training_step(model, batch, labels, masks, cfg, params, mask_known=mask_known)
+    out = {f"train.mixed.{k}": v for k, v in step.items()}
+    out.update({"train.mixed.images": batch, "train.mixed.labels": labels,
+                "train.mixed.masks": masks, "train.mixed.mask_known": mask_known.to(torch.uint8)})
     return out
 
 

@@ -279,9 +279,12 @@ def joint_score_loss(g, text, layer_probabilities, labels, cfg: Config):
 
 
 def training_loss(model, images, labels, masks, cfg: Config, params: Params,
-                  joint_weight: float = 0.0) -> dict:
+                  joint_weight: float = 0.0, mask_known=None) -> dict:
     """The AnomalyCLIP-protocol loss, straightforwardly with autograd through everything, plus
-    `joint_weight` × the joint-score loss."""
+    `joint_weight` × the joint-score loss. `mask_known` [B] bool (default: all) marks the images
+    whose masks are ground truth: the spec's mixed-data rule computes the focal and Dice terms
+    over those images only."""
+    rows = torch.ones(len(images), dtype=torch.bool) if mask_known is None else mask_known
     side = images.shape[-1]
     text = encode_prompted_text(model, params)
     g, feats = encode_image(model, images, cfg, params)
@@ -295,8 +298,10 @@ def training_loss(model, images, labels, masks, cfg: Config, params: Params,
         p = p.permute(0, 2, 1).reshape(-1, 2, grid, grid)
         p = F.interpolate(p, size=(side, side), mode="bilinear", align_corners=False)
         layer_probabilities.append(p)
-        focal = focal + focal_loss(p, masks)
-        dice = dice + dice_loss(p[:, 1], masks) + dice_loss(p[:, 0], 1 - masks)
+        if rows.any():
+            p, m = p[rows], masks[rows]
+            focal = focal + focal_loss(p, m)
+            dice = dice + dice_loss(p[:, 1], m) + dice_loss(p[:, 0], 1 - m)
     total = ce + focal + dice
     out = {"ce": ce, "focal": focal, "dice": dice}
     if joint_weight > 0:

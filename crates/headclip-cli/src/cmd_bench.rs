@@ -95,6 +95,7 @@ pub fn run(args: BenchArgs) -> Result<i32> {
                         image: Vec::try_from(&image).unwrap_or_default(),
                         mask,
                         anomalous: i % 2 == 0,
+                        mask_known: true,
                     }
                 })
                 .collect();

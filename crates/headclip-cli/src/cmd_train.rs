@@ -19,10 +19,10 @@ use headclip::detector::load_clip;
 use headclip::model::{HeadClipConfig, LhwForm, LhwPaths, DEFAULT_DEEP_PROMPTS};
 use headclip::train::{
     memory, run_settings, setting_differences, CheckpointPolicy, EpochProgress, EpochRecord,
-    LossSelection, LossTerms, RunFiles, RunOutcome, TrainObserver, TrainOptions, TrainSet,
+    LossSelection, LossTerms, RunFiles, RunOutcome, TrainImage, TrainObserver, TrainOptions, TrainSet,
     TrainSetCounts, Trainer,
 };
-use headclip_data::datasets::{self, DataSpec, LoadOptions, Sample, DATA_SPEC_HELP};
+use headclip_data::datasets::{self, DataSpec, LoadOptions, DATA_SPEC_HELP};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::engine::ModelArgs;
@@ -97,7 +97,8 @@ pub struct TrainArgs {
     /// Standard CLIP's ln_post on the global token.
     #[arg(long)]
     pub global_ln_post: bool,
-    /// Train anomalous images that have no mask: the pixel loss is then left out entirely.
+    /// Train a category whose anomalous images lack some masks, as image-level data: its images
+    /// then take no part in the pixel loss terms.
     #[arg(long)]
     pub allow_missing_masks: bool,
     /// Train although the data has only one class (normally refused).
@@ -130,12 +131,12 @@ impl From<LhwPathsArg> for LhwPaths {
 pub fn run(args: TrainArgs) -> Result<i32> {
     let files = checked_files(&args)?;
     // Data first: every problem with it is reported before any compute.
-    let samples = load_samples(&args)?;
-    check_classes(TrainSetCounts::of(&samples), args.allow_single_class)?;
+    let images = load_images(&args)?;
+    check_classes(TrainSetCounts::of(&images), args.allow_single_class)?;
     let spec = args.model.spec()?;
     let clip = load_clip(&spec)?;
     let mut trainer = trainer(&args, &clip, &files.state, &spec.weights)?;
-    let set = TrainSet::new(samples, trainer.config.image_size as u32);
+    let set = TrainSet::new(images, trainer.config.image_size as u32);
     trainer.options.loss = set.loss_selection(trainer.options.loss.joint_weight);
     check_memory(&trainer)?;
     tracing::info!(
@@ -228,21 +229,21 @@ fn run_files(args: &TrainArgs) -> RunFiles {
     files
 }
 
-/// Every sample of every `--data`, checked on disk (no image decoded yet).
-fn load_samples(args: &TrainArgs) -> Result<Vec<Sample>> {
+/// Every image of every `--data`, checked on disk (no image decoded yet).
+fn load_images(args: &TrainArgs) -> Result<Vec<TrainImage>> {
     let load_opts = LoadOptions {
         allow_missing_masks: args.allow_missing_masks,
         check_sizes: true,
     };
-    let mut samples = Vec::new();
+    let mut images = Vec::new();
     for spec in &args.data {
         let set = datasets::load(spec, &load_opts).with_context(|| format!("--data {spec}"))?;
         for w in &set.warnings {
             tracing::warn!("{}: {w}", set.name);
         }
-        samples.extend(set.categories.into_iter().flat_map(|c| c.samples));
+        images.extend(set.categories.into_iter().flat_map(TrainImage::all_of));
     }
-    Ok(samples)
+    Ok(images)
 }
 
 fn check_classes(counts: TrainSetCounts, allow_single_class: bool) -> Result<()> {
@@ -254,10 +255,13 @@ fn check_classes(counts: TrainSetCounts, allow_single_class: bool) -> Result<()>
             counts.normal
         );
     }
-    if counts.missing_masks > 0 {
+    let total = counts.anomalous + counts.normal;
+    if counts.mask_known < total {
         tracing::warn!(
-            "{} anomalous images have no mask: training the global term only",
-            counts.missing_masks
+            "{} of {total} images have no pixel ground truth (image-level data): the focal and \
+             Dice terms are computed over the other {}",
+            total - counts.mask_known,
+            counts.mask_known
         );
     }
     Ok(())

@@ -239,7 +239,56 @@ fn bad_training_data_is_refused_before_compute() {
         &dir.path().join("q.safetensors"),
         &["--epochs", "1", "--allow-missing-masks"],
     );
-    assert!(stderr.contains("global term only"), "{stderr}");
+    assert!(
+        stderr.contains("6 of 6 images have no pixel ground truth"),
+        "{stderr}"
+    );
+}
+
+/// The spec's mixed data: a masked set with an image-level one keeps the focal and Dice terms
+/// for the masked set's images (every batch of 4 here holds some of them).
+#[test]
+fn mixed_data_keeps_the_pixel_terms_of_masked_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = small_category(dir.path());
+    let manifest = dir.path().join("ct.csv");
+    let head_ct = shared_data().join("headct/head_ct");
+    std::fs::write(
+        &manifest,
+        format!(
+            "image,label\n{0}/000.png,1\n{0}/199.png,0\n",
+            head_ct.display()
+        ),
+    )
+    .unwrap();
+    let data = [
+        "--data".to_string(),
+        format!("csv:{},image=image,label=label", manifest.display()),
+    ];
+    let extra: Vec<&str> = ["--epochs", "1"]
+        .into_iter()
+        .chain(data.iter().map(String::as_str))
+        .collect();
+    let stderr = train_ok(
+        &format!("mvtec:{}", cat.display()),
+        &dir.path().join("mixed.safetensors"),
+        &extra,
+    );
+    assert!(
+        stderr.contains("2 of 8 images have no pixel ground truth"),
+        "{stderr}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("mixed.losses.jsonl")).unwrap();
+    let batches: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("summary").is_none())
+        .collect();
+    assert_eq!(batches.len(), 2, "{log}");
+    for line in &batches {
+        assert!(line["loss"]["focal"].as_f64().unwrap() > 0.0, "{line}");
+        assert!(line["loss"]["dice"].as_f64().unwrap() > 0.0, "{line}");
+    }
 }
 
 /// `--joint-loss-weight`: the joint score's cross-entropy is trained and logged, weighted into

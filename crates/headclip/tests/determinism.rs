@@ -69,6 +69,7 @@ fn child_training_step() {
             image: images::preprocess(&image, SIDE),
             mask,
             anomalous,
+            mask_known: true,
         }
     })
     .collect();

@@ -80,6 +80,7 @@ fn generate(index: u64, anomalous: bool) -> TrainSample {
         image,
         mask,
         anomalous,
+        mask_known: true,
     }
 }
 
@@ -135,6 +136,7 @@ fn loader(samples: &[TrainSample]) -> impl Fn(usize) -> Result<TrainSample, Stri
             image: s.image.clone(),
             mask: s.mask.clone(),
             anomalous: s.anomalous,
+            mask_known: s.mask_known,
         })
     }
 }

@@ -13,7 +13,7 @@ pub use loss::LossTerms;
 pub use memory::MemoryEstimate;
 pub use run::{
     run_settings, setting_differences, CheckpointPolicy, RunFiles, RunOutcome, RunSettings,
-    SettingDifference, TrainObserver, TrainSet, TrainSetCounts,
+    SettingDifference, TrainImage, TrainObserver, TrainSet, TrainSetCounts,
 };
 pub use step::{loss_and_gradients, trainable, Batch, LossSelection};
 pub use trainer::{EpochProgress, EpochRecord, TrainError, TrainOptions, TrainSample, Trainer};

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use headclip_data::datasets::Sample;
+use headclip_data::datasets::{Category, Sample};
 use headclip_data::images::{self, DecodeLimits, ImageSource, Preprocessor};
 
 use super::{
@@ -18,8 +18,27 @@ use super::{
 
 /// The training images: their samples and the decode stage every entry point shares.
 pub struct TrainSet {
-    pub samples: Vec<Sample>,
+    pub images: Vec<TrainImage>,
     preprocessor: Preprocessor,
+}
+
+/// A training image, and whether its pixels are labelled: its category has masks (a normal
+/// image's mask is then empty). The pixel loss terms cover these images only.
+#[derive(Debug, Clone)]
+pub struct TrainImage {
+    pub sample: Sample,
+    pub mask_known: bool,
+}
+
+impl TrainImage {
+    /// Every image of `category`.
+    pub fn all_of(category: Category) -> impl Iterator<Item = TrainImage> {
+        let mask_known = category.has_masks;
+        category
+            .samples
+            .into_iter()
+            .map(move |sample| TrainImage { sample, mask_known })
+    }
 }
 
 /// How many images of each kind a training set has.
@@ -27,29 +46,26 @@ pub struct TrainSet {
 pub struct TrainSetCounts {
     pub anomalous: usize,
     pub normal: usize,
-    /// Anomalous images without a mask.
-    pub missing_masks: usize,
+    /// Images whose masks are ground truth (the pixel terms' images).
+    pub mask_known: usize,
 }
 
 impl TrainSetCounts {
-    pub fn of(samples: &[Sample]) -> Self {
-        let anomalous = samples.iter().filter(|s| s.anomalous).count();
+    pub fn of(images: &[TrainImage]) -> Self {
+        let anomalous = images.iter().filter(|i| i.sample.anomalous).count();
         Self {
             anomalous,
-            normal: samples.len() - anomalous,
-            missing_masks: samples
-                .iter()
-                .filter(|s| s.anomalous && s.mask.is_none())
-                .count(),
+            normal: images.len() - anomalous,
+            mask_known: images.iter().filter(|i| i.mask_known).count(),
         }
     }
 }
 
 impl TrainSet {
-    /// `samples` decoded for a model of side `side`.
-    pub fn new(samples: Vec<Sample>, side: u32) -> Self {
+    /// `images` decoded for a model of side `side`.
+    pub fn new(images: Vec<TrainImage>, side: u32) -> Self {
         Self {
-            samples,
+            images,
             preprocessor: Preprocessor {
                 side,
                 limits: DecodeLimits::default(),
@@ -58,36 +74,35 @@ impl TrainSet {
     }
 
     pub fn len(&self) -> usize {
-        self.samples.len()
+        self.images.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.samples.is_empty()
+        self.images.is_empty()
     }
 
     pub fn counts(&self) -> TrainSetCounts {
-        TrainSetCounts::of(&self.samples)
+        TrainSetCounts::of(&self.images)
     }
 
-    /// The loss terms this set can train: the pixel terms only when every anomalous image has
-    /// a mask.
+    /// The loss terms this set can train: the pixel terms when some image has a known mask.
     pub fn loss_selection(&self, joint_weight: f64) -> LossSelection {
         LossSelection {
             global: true,
-            pixel: self.counts().missing_masks == 0,
+            pixel: self.counts().mask_known > 0,
             joint_weight,
         }
     }
 
-    /// Decodes sample `i` with its S×S mask (all zero without one).
+    /// Decodes image `i` with its S×S mask (all zero for a normal image or an unknown mask).
     pub fn load(&self, i: usize) -> Result<TrainSample, String> {
-        let sample = &self.samples[i];
+        let TrainImage { sample, mask_known } = &self.images[i];
         let side = self.preprocessor.side;
         let image = self
             .preprocessor
             .prepare(ImageSource::Path(sample.image.clone()), false)
             .map_err(|e| e.to_string())?;
-        let mask = match &sample.mask {
+        let mask = match sample.mask.as_ref().filter(|_| *mask_known) {
             Some(path) => {
                 let m = images::read_mask(path, side, &self.preprocessor.limits)
                     .map_err(|e| e.to_string())?;
@@ -109,6 +124,7 @@ impl TrainSet {
             image: image.pixels,
             mask,
             anomalous: sample.anomalous,
+            mask_known: *mask_known,
         })
     }
 }
@@ -329,7 +345,7 @@ impl Trainer<'_> {
                     unreadable.push((i, message.to_string()))
                 })?;
                 for (i, message) in unreadable.drain(..) {
-                    let path = &set.samples[i].image;
+                    let path = &set.images[i].sample.image;
                     observer.skipped(path, &message);
                     skipped.push(format!("{}: {message}", path.display()));
                 }

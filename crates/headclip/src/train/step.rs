@@ -24,8 +24,22 @@ pub struct Batch {
     pub images: Tensor,
     /// 1 = anomalous: [B] int64
     pub labels: Tensor,
-    /// 0/1 masks (all 0 for normal images): [B, S, S] f32
+    /// 0/1 masks (all 0 for normal images and for images without one): [B, S, S] f32
     pub masks: Tensor,
+    /// Per image, whether its mask is ground truth (its data set has masks; a normal image's is
+    /// then empty). The pixel terms are computed over these images only (the spec's mixed data).
+    pub mask_known: Vec<bool>,
+}
+
+impl Batch {
+    /// The rows whose masks are ground truth, as an index tensor on the batch's device.
+    fn masked_rows(&self) -> Option<Tensor> {
+        let rows: Vec<i64> = (0i64..)
+            .zip(&self.mask_known)
+            .filter_map(|(i, &known)| known.then_some(i))
+            .collect();
+        (!rows.is_empty()).then(|| Tensor::from_slice(&rows).to_device(self.masks.device()))
+    }
 }
 
 /// Which loss terms are used.
@@ -173,9 +187,10 @@ impl LossTarget<'_> {
             Vec::new()
         };
         let (mut focal, mut dice) = (zero(), zero());
-        if terms.pixel {
+        if let Some(rows) = batch.masked_rows().filter(|_| terms.pixel) {
+            let masks = batch.masks.index_select(0, &rows);
             for p in &probabilities {
-                let (f, d) = pixel_loss(p, &batch.masks);
+                let (f, d) = pixel_loss(&p.index_select(0, &rows), &masks);
                 focal += f;
                 dice += d;
             }

@@ -23,6 +23,8 @@ pub struct TrainSample {
     pub image: Vec<f32>,
     pub mask: Vec<u8>,
     pub anomalous: bool,
+    /// Whether `mask` is ground truth (see [`Batch::mask_known`]).
+    pub mask_known: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -366,6 +368,7 @@ impl<'a> Trainer<'a> {
             .collect();
         let labels: Vec<i64> = samples.iter().map(|x| i64::from(x.anomalous)).collect();
         Batch {
+            mask_known: samples.iter().map(|x| x.mask_known).collect(),
             images: Tensor::from_slice(&images)
                 .view([b, 3, s, s])
                 .to_device(device),
