@@ -4,7 +4,7 @@
 //! headclip serve --weights ViT-L-14-336px.pt [--params P.safetensors] [--addr 127.0.0.1:8080] \
 //!     [--token T | HEADCLIP_TOKEN=T] [--threshold 0.5] [--max-batch 8] [--batch-wait-ms 5] \
 //!     [--queue 64] [--timeout-ms 30000] [--max-body-bytes 32MiB] [--max-pixels N] \
-//!     [--cors-origin ORIGIN] [--overlay-ttl-s 300]
+//!     [--cors-origin ORIGIN] [--overlay-ttl-s 300] [--header-timeout-s 5] [--max-connections N]
 //! ```
 //!
 //! It listens on loopback unless `--addr` says otherwise, and prints `listening on http://ADDR`
@@ -117,6 +117,14 @@ pub struct ServeArgs {
     /// Seconds an overlay made with `overlay=url` stays available.
     #[arg(long, default_value_t = 300)]
     pub overlay_ttl_s: u64,
+    /// Seconds a client has to send a request's head (line and headers); slower ones are
+    /// disconnected, and so are kept-alive connections idle for this long.
+    #[arg(long, default_value_t = 5)]
+    pub header_timeout_s: u64,
+    /// Most connections open at once; more wait in the accept backlog. Default: the open-file
+    /// limit (`ulimit -n`) less 64, at most 4096.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
 }
 
 /// `123`, `64K`, `32MiB`, `1.5GB`… in bytes (K/M/G and KB/MB/GB are powers of 1000).
@@ -162,6 +170,10 @@ pub fn run(args: ServeArgs) -> Result<i32> {
         max_pixels: args.max_pixels,
         cors_origin: args.cors_origin,
         overlay_ttl: Duration::from_secs(args.overlay_ttl_s),
+        header_timeout: Duration::from_secs(args.header_timeout_s),
+        max_connections: args
+            .max_connections
+            .unwrap_or_else(serve::default_max_connections),
     };
     serve::run(config, args.model)
 }

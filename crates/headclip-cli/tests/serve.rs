@@ -1001,28 +1001,7 @@ fn sigterm_lets_requests_in_flight_finish_and_exits_0() {
             std::thread::spawn(move || post(&url, Some("image/png"), &big, None))
         })
         .collect();
-    // Wait until every request has been admitted and some are still being worked on.
-    let started = Instant::now();
-    loop {
-        let metrics = get(&server.url("/metrics")).2;
-        let value = |name: &str| -> f64 {
-            metrics
-                .lines()
-                .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-                .map_or(0.0, |v| v.trim().parse().unwrap())
-        };
-        let in_flight = value("headclip_images_in_flight");
-        let done = value("headclip_http_requests_total{route=\"/v1/detect\",code=\"200\"}");
-        if in_flight >= 1.0 && in_flight + done >= n as f64 {
-            eprintln!("SIGTERM with {in_flight} images in flight, {done} answered");
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "requests never arrived:\n{metrics}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until_in_flight(&server, n);
     server.terminate();
     for c in clients {
         let reply = c.join().unwrap();
@@ -1036,6 +1015,158 @@ fn sigterm_lets_requests_in_flight_finish_and_exits_0() {
         TcpStream::connect(&server.addr).is_err(),
         "no longer accepting"
     );
+}
+
+/// Waits until all `n` detect requests have arrived and at least one is still being worked on.
+fn wait_until_in_flight(server: &Server, n: usize) {
+    let started = Instant::now();
+    loop {
+        let metrics = get(&server.url("/metrics")).2;
+        let value = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+                .map_or(0.0, |v| v.trim().parse().unwrap())
+        };
+        let in_flight = value("headclip_images_in_flight");
+        let done = value("headclip_http_requests_total{route=\"/v1/detect\",code=\"200\"}");
+        if in_flight >= 1.0 && in_flight + done >= n as f64 {
+            eprintln!("{in_flight} images in flight, {done} answered");
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "requests never arrived:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Reads until the server closes the connection (`true`) or `limit` passes (`false`).
+fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut sink = Vec::new();
+    match stream.read_to_end(&mut sink) {
+        Ok(_) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// Descriptors the process has open.
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+#[test]
+fn a_slow_head_is_cut_off_after_the_header_timeout() {
+    let server = Server::start(&["--header-timeout-s", "2"]);
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    // A head that never ends: one byte every 200 ms, for up to two minutes.
+    let trickle = std::thread::spawn(move || {
+        let _ = writer.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ");
+        for _ in 0..600 {
+            if writer.write_all(b"a").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(40)),
+        "a client trickling its head was still connected after 40 s"
+    );
+    eprintln!("slow head closed after {:.1} s", started.elapsed().as_secs_f64());
+    assert!(started.elapsed() < Duration::from_secs(30));
+    trickle.join().unwrap();
+    assert_eq!(get(&server.url("/healthz")).0, 200);
+}
+
+#[test]
+fn connections_over_the_limit_wait_in_the_backlog_without_a_descriptor() {
+    let limit = 4;
+    let server = Server::start(&[
+        "--max-connections",
+        &limit.to_string(),
+        "--header-timeout-s",
+        "3",
+    ]);
+    let pid = server.child.id();
+    let before = open_files(pid);
+    let mut silent: Vec<TcpStream> = (0..12)
+        .map(|_| TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    // Watched for 2 s, within the header timeout: only `limit` of them may be accepted.
+    let mut most = before;
+    let watching = Instant::now();
+    while watching.elapsed() < Duration::from_secs(2) {
+        most = most.max(open_files(pid));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        most <= before + limit + 1,
+        "12 silent connections took {} descriptors under --max-connections {limit}",
+        most - before
+    );
+    // Queued behind them, a request is answered once the header timeout has freed places.
+    let started = Instant::now();
+    let health = get(&server.url("/healthz"));
+    assert_eq!(health.0, 200, "{}", health.2);
+    eprintln!(
+        "/healthz behind 12 silent connections: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    for stream in &mut silent {
+        assert!(closed_within(stream, Duration::from_secs(40)));
+    }
+}
+
+#[test]
+fn sigterm_closes_a_half_sent_head_and_answers_the_request_in_flight() {
+    // Neither the header timeout nor the grace period (--timeout-ms + 5 s) can end the wait.
+    let mut server = Server::start(&[
+        "--header-timeout-s",
+        "600",
+        "--timeout-ms",
+        "120000",
+        "--max-batch",
+        "1",
+        "--batch-wait-ms",
+        "0",
+    ]);
+    let mut half = TcpStream::connect(&server.addr).unwrap();
+    half.write_all(b"POST /v1/detect HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut idle = TcpStream::connect(&server.addr).unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = [0u8; 12];
+    idle.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+
+    let big = synthetic(1800, 1800, image::ImageFormat::Png);
+    let n = 4;
+    let url = server.url("/v1/detect");
+    let clients: Vec<_> = (0..n)
+        .map(|_| {
+            let (url, big) = (url.clone(), big.clone());
+            std::thread::spawn(move || post(&url, Some("image/png"), &big, None))
+        })
+        .collect();
+    wait_until_in_flight(&server, n);
+    let stopped = Instant::now();
+    server.terminate();
+    for c in clients {
+        let reply = c.join().unwrap();
+        assert_eq!(reply.0, 200, "in-flight request: {}", reply.2);
+    }
+    let status = server.wait_exit(Duration::from_secs(30));
+    eprintln!("exited {:.1} s after SIGTERM", stopped.elapsed().as_secs_f64());
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", server.stderr());
+    assert!(closed_within(&mut half, Duration::from_secs(5)));
+    assert!(closed_within(&mut idle, Duration::from_secs(5)));
 }
 
 /// ViT-B/16 shapes with random weights, at the served default S (512 for patch 16) unless

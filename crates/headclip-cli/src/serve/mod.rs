@@ -9,6 +9,7 @@
 
 mod api;
 mod error;
+mod listen;
 mod metrics;
 mod store;
 mod worker;
@@ -32,6 +33,8 @@ use metrics::Metrics;
 use store::OverlayStore;
 use worker::{BatchConfig, Submitter};
 
+pub use listen::default_max_connections;
+
 /// The server's settings (from `ServeArgs`).
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -46,6 +49,10 @@ pub struct Config {
     pub max_pixels: u64,
     pub cors_origin: Option<String>,
     pub overlay_ttl: Duration,
+    /// Time a client has to send a request's head.
+    pub header_timeout: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
 }
 
 /// Overlays kept for `overlay=url`: at most this many…
@@ -84,6 +91,10 @@ impl Config {
         if self.max_body_bytes == 0 {
             bail!("--max-body-bytes must be positive");
         }
+        if self.header_timeout.is_zero() {
+            bail!("--header-timeout-s must be positive");
+        }
+        self.check_connections()?;
         if self
             .token
             .as_deref()
@@ -92,6 +103,31 @@ impl Config {
             bail!("the token must be non-empty, without spaces around it");
         }
         Ok(())
+    }
+
+    /// A connection limit the file limit can hold, with room for the server's own files.
+    fn check_connections(&self) -> Result<()> {
+        if self.max_connections == 0 || u32::try_from(self.max_connections).is_err() {
+            bail!("--max-connections must be in [1, {}]", u32::MAX);
+        }
+        if let Some(files) = listen::open_file_limit() {
+            let room = files.saturating_sub(listen::RESERVED_FILES);
+            if self.max_connections as u64 > room {
+                bail!(
+                    "--max-connections {} does not fit in this process's file limit of {files} \
+                     (ulimit -n) less {} for the server itself: lower it to {room} or raise the limit",
+                    self.max_connections,
+                    listen::RESERVED_FILES
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Requests still being handled at SIGTERM are answered within `--timeout-ms`; the extra
+    /// seconds are for writing the last answers out.
+    fn shutdown_grace(&self) -> Duration {
+        self.timeout + Duration::from_secs(5)
     }
 }
 
@@ -154,9 +190,12 @@ pub fn run(cfg: Config, model: ModelArgs) -> Result<i32> {
         println!("listening on http://{local}");
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        let limits = listen::Limits {
+            max_connections: app.cfg.max_connections,
+            header_timeout: app.cfg.header_timeout,
+            shutdown_grace: app.cfg.shutdown_grace(),
+        };
+        listen::serve(listener, router, limits, shutdown_signal()).await?;
         tracing::info!("all requests answered; stopping");
         anyhow::Ok(())
     });
