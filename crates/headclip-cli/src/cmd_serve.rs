@@ -4,7 +4,8 @@
 //! headclip serve --weights ViT-L-14-336px.pt [--params P.safetensors] [--addr 127.0.0.1:8080] \
 //!     [--token T | HEADCLIP_TOKEN=T] [--threshold 0.5] [--max-batch 8] [--batch-wait-ms 5] \
 //!     [--queue 64] [--timeout-ms 30000] [--max-body-bytes 32MiB] [--max-pixels N] \
-//!     [--cors-origin ORIGIN] [--overlay-ttl-s 300] [--header-timeout-s 5] [--max-connections N]
+//!     [--cors-origin ORIGIN] [--overlay-ttl-s 300] [--header-timeout-s 5] [--max-connections N] \
+//!     [--decode-budget-pixels N]
 //! ```
 //!
 //! It listens on loopback unless `--addr` says otherwise, and prints `listening on http://ADDR`
@@ -125,6 +126,11 @@ pub struct ServeArgs {
     /// limit (`ulimit -n`) less 64, at most 4096.
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Most pixels that images may hold at once while decoded, pre-processed and drawn on;
+    /// an image that does not fit gets 503 with Retry-After at once. Default: --max-pixels
+    /// times the decoding threads (the cores, at least 2).
+    #[arg(long)]
+    pub decode_budget_pixels: Option<u64>,
 }
 
 /// `123`, `64K`, `32MiB`, `1.5GB`… in bytes (K/M/G and KB/MB/GB are powers of 1000).
@@ -174,6 +180,9 @@ pub fn run(args: ServeArgs) -> Result<i32> {
         max_connections: args
             .max_connections
             .unwrap_or_else(serve::default_max_connections),
+        decode_budget_pixels: args
+            .decode_budget_pixels
+            .unwrap_or_else(|| serve::default_decode_budget(args.max_pixels)),
     };
     serve::run(config, args.model)
 }

@@ -149,10 +149,12 @@ async fn handle(
 ) -> Result<Response, Infallible> {
     let response = router.oneshot(req.map(Body::new)).await?;
     // Moved into the body's frame mapper, so that it is dropped with the body.
-    Ok(response.map(|body| Body::new(body.map_frame(move |frame| {
-        let _ = &guard;
-        frame
-    }))))
+    Ok(response.map(|body| {
+        Body::new(body.map_frame(move |frame| {
+            let _ = &guard;
+            frame
+        }))
+    }))
 }
 
 /// Counts a request as being handled on its connection while alive.
@@ -194,7 +196,9 @@ const DEFAULT_CONNECTIONS_CAP: u64 = 4096;
 /// [`DEFAULT_CONNECTIONS_CAP`].
 pub fn default_max_connections() -> usize {
     let from_files = open_file_limit()
-        .map_or(DEFAULT_CONNECTIONS_CAP, |n| n.saturating_sub(RESERVED_FILES))
+        .map_or(DEFAULT_CONNECTIONS_CAP, |n| {
+            n.saturating_sub(RESERVED_FILES)
+        })
         .clamp(1, DEFAULT_CONNECTIONS_CAP);
     from_files as usize
 }

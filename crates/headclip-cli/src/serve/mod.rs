@@ -8,6 +8,7 @@
 //! move bytes.
 
 mod api;
+mod decode;
 mod error;
 mod listen;
 mod metrics;
@@ -53,6 +54,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Connections open at once.
     pub max_connections: usize,
+    /// Pixels that admitted images may hold at once on their way through the blocking pool.
+    pub decode_budget_pixels: u64,
 }
 
 /// Overlays kept for `overlay=url`: at most this many…
@@ -69,6 +72,8 @@ pub struct App {
     submit: Submitter,
     /// One permit per image admitted; `--queue` in all.
     admission: Arc<Semaphore>,
+    /// `--decode-budget-pixels`, reserved from each image's header.
+    decode_budget: Arc<decode::Budget>,
     metrics: Arc<Metrics>,
     overlays: OverlayStore,
     colormap_png: axum::body::Bytes,
@@ -90,6 +95,17 @@ impl Config {
         }
         if self.max_body_bytes == 0 {
             bail!("--max-body-bytes must be positive");
+        }
+        if self.max_pixels == 0 {
+            bail!("--max-pixels must be positive");
+        }
+        if self.decode_budget_pixels < self.max_pixels {
+            bail!(
+                "--decode-budget-pixels ({}) must be at least --max-pixels ({}), or an image \
+                 within the pixel limit could never be decoded",
+                self.decode_budget_pixels,
+                self.max_pixels
+            );
         }
         if self.header_timeout.is_zero() {
             bail!("--header-timeout-s must be positive");
@@ -155,18 +171,16 @@ pub fn run(cfg: Config, model: ModelArgs) -> Result<i32> {
     };
     let (ready, submit, worker) = worker::start(model, limits, batch, metrics.clone())?;
 
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .worker_threads(cores.clamp(1, 4))
+        .worker_threads(cores().clamp(1, 4))
         // Decoding and overlays: bounded, so that many large images cannot exhaust memory.
-        .max_blocking_threads(cores.max(2))
+        .max_blocking_threads(blocking_threads())
         .thread_name("headclip-http")
         .build()?;
     let app = Arc::new(App {
         admission: Arc::new(Semaphore::new(cfg.queue)),
+        decode_budget: decode::Budget::new(cfg.decode_budget_pixels),
         overlays: OverlayStore::new(cfg.overlay_ttl, OVERLAY_MAX_ENTRIES, OVERLAY_MAX_BYTES),
         colormap_png: api::colormap_image()?.into(),
         cfg,
@@ -202,6 +216,23 @@ pub fn run(cfg: Config, model: ModelArgs) -> Result<i32> {
     runtime.shutdown_timeout(Duration::from_secs(5));
     worker.stop();
     result.map(|()| 0)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+/// Threads of the blocking pool, where images are decoded and overlays drawn.
+fn blocking_threads() -> usize {
+    cores().max(2)
+}
+
+/// `--decode-budget-pixels` when not given: one image at `--max-pixels` per decoding thread,
+/// so that the largest images run side by side instead of queuing behind each other.
+pub fn default_decode_budget(max_pixels: u64) -> u64 {
+    max_pixels.saturating_mul(blocking_threads() as u64)
 }
 
 fn router(app: Arc<App>) -> Result<Router> {
