@@ -10,8 +10,10 @@
 //!
 //! It listens on loopback unless `--addr` says otherwise, and prints `listening on http://ADDR`
 //! on stdout once the model is loaded (`--addr 127.0.0.1:0` picks a free port). SIGTERM or
-//! Ctrl-C stops accepting connections, answers the requests in flight and exits 0; a second
-//! signal exits at once.
+//! Ctrl-C stops accepting connections, closes those with no request being handled, gives the
+//! requests in flight `--timeout-ms` + 5 s and exits 0; a second signal exits at once.
+//! Connections beyond `--max-connections` wait in the accept backlog; a client that does not
+//! send a request's head within `--header-timeout-s` is disconnected.
 //!
 //! # API
 //!
@@ -32,7 +34,11 @@
 //! - `GET /metrics`: Prometheus text: `headclip_http_requests_total{route,code}`,
 //!   `headclip_http_request_duration_seconds` (histogram by route), `headclip_queue_depth`,
 //!   `headclip_images_in_flight`, `headclip_images_scored_total`, `headclip_images_per_second`
-//!   (last 10 s), `headclip_batches_total`, `headclip_model_seconds_total`.
+//!   (last 10 s), `headclip_batches_total`, `headclip_model_seconds_total`,
+//!   `headclip_decodes_refused_total{reason}` (`budget`: no room in `--decode-budget-pixels`;
+//!   `limits`: over `--max-pixels`; `invalid`: not a supported image) and
+//!   `headclip_decodes_cancelled_total` (decodes skipped or stopped because the request had
+//!   gone).
 //! - `GET /`: the page (drop or pick images, scores, verdicts against a threshold slider,
 //!   overlays, the colour scale); `GET /v1/colormap.png`: that scale, 0 → 1 left to right.
 //!
@@ -47,7 +53,8 @@
 //! `--max-pixels` (read from its header, before decoding) or more images in one form than
 //! `--queue`; 415 another `Content-Type`; 422 bytes that are not a supported image, or corrupt,
 //! truncated or an unsupported variant; 503 with `Retry-After` (seconds) when `--queue` images
-//! are already being handled; 504 when the image is not scored within `--timeout-ms` of the
+//! are already being handled, or when the image's pixels do not fit in what is left of
+//! `--decode-budget-pixels`; 504 when the image is not scored within `--timeout-ms` of the
 //! request's arrival; 500 if the model fails. A form with one bad image fails as a whole, naming
 //! the image.
 //!

@@ -451,12 +451,7 @@ struct Admitted {
 fn admit(app: &Arc<App>, bytes: &[u8]) -> Result<Admitted, ApiError> {
     let estimate = decode::estimate(bytes, &app.preprocessor.limits).map_err(|e| {
         let refused = ApiError::from_data(&e);
-        app.metrics
-            .record_refused(if refused.status == StatusCode::PAYLOAD_TOO_LARGE {
-                Refusal::Limits
-            } else {
-                Refusal::Invalid
-            });
+        app.metrics.record_refused(header_refusal(refused.status));
         refused
     })?;
     let place = take_queue_place(app)?;
@@ -469,6 +464,15 @@ fn admit(app: &Arc<App>, bytes: &[u8]) -> Result<Admitted, ApiError> {
         pixels,
         format: estimate.format,
     })
+}
+
+/// The `/metrics` reason for an image refused from its header with `status`.
+fn header_refusal(status: StatusCode) -> Refusal {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        Refusal::Limits
+    } else {
+        Refusal::Invalid
+    }
 }
 
 /// Takes one of the `--queue` places, or refuses with 503 and `Retry-After`.

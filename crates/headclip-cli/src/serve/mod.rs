@@ -1,11 +1,12 @@
 //! The server behind `headclip serve`: an axum router on a tokio runtime, the model on its own
 //! thread (see [`worker`]), and the page's files embedded in the binary.
 //!
-//! The path of one image: the handler reads the body (at most `--max-body-bytes`), takes one of
-//! the `--queue` admission places (none left: 503 with `Retry-After`), decodes and pre-processes
-//! on tokio's blocking pool, hands the pixels to the model thread through a bounded channel,
-//! waits for its batch, and draws the overlay on the blocking pool again. The async workers only
-//! move bytes.
+//! The path of one image: the handler reads the body (at most `--max-body-bytes`), reads the
+//! image's header, takes one of the `--queue` admission places and reserves its pixels in
+//! `--decode-budget-pixels` (no room: 503 with `Retry-After`), decodes and pre-processes on
+//! tokio's blocking pool, hands the pixels to the model thread through a bounded channel, waits
+//! for its batch, and draws the overlay on the blocking pool again. The async workers only move
+//! bytes. Connections come in through [`listen`]'s accept loop.
 
 mod api;
 mod decode;
