@@ -4,13 +4,16 @@
 //! headclip serve --weights ViT-L-14-336px.pt [--params P.safetensors] [--addr 127.0.0.1:8080] \
 //!     [--token T | HEADCLIP_TOKEN=T] [--threshold 0.5] [--max-batch 8] [--batch-wait-ms 5] \
 //!     [--queue 64] [--timeout-ms 30000] [--max-body-bytes 32MiB] [--max-pixels N] \
-//!     [--cors-origin ORIGIN] [--overlay-ttl-s 300]
+//!     [--cors-origin ORIGIN] [--overlay-ttl-s 300] [--header-timeout-s 5] [--max-connections N] \
+//!     [--decode-budget-pixels N]
 //! ```
 //!
 //! It listens on loopback unless `--addr` says otherwise, and prints `listening on http://ADDR`
 //! on stdout once the model is loaded (`--addr 127.0.0.1:0` picks a free port). SIGTERM or
-//! Ctrl-C stops accepting connections, answers the requests in flight and exits 0; a second
-//! signal exits at once.
+//! Ctrl-C stops accepting connections, closes those with no request being handled, gives the
+//! requests in flight `--timeout-ms` + 5 s and exits 0; a second signal exits at once.
+//! Connections beyond `--max-connections` wait in the accept backlog; a client that does not
+//! send a request's head within `--header-timeout-s` is disconnected.
 //!
 //! # API
 //!
@@ -31,7 +34,11 @@
 //! - `GET /metrics`: Prometheus text: `headclip_http_requests_total{route,code}`,
 //!   `headclip_http_request_duration_seconds` (histogram by route), `headclip_queue_depth`,
 //!   `headclip_images_in_flight`, `headclip_images_scored_total`, `headclip_images_per_second`
-//!   (last 10 s), `headclip_batches_total`, `headclip_model_seconds_total`.
+//!   (last 10 s), `headclip_batches_total`, `headclip_model_seconds_total`,
+//!   `headclip_decodes_refused_total{reason}` (`budget`: no room in `--decode-budget-pixels`;
+//!   `limits`: over `--max-pixels`; `invalid`: not a supported image) and
+//!   `headclip_decodes_cancelled_total` (decodes skipped or stopped because the request had
+//!   gone).
 //! - `GET /`: the page (drop or pick images, scores, verdicts against a threshold slider,
 //!   overlays, the colour scale); `GET /v1/colormap.png`: that scale, 0 → 1 left to right.
 //!
@@ -46,7 +53,8 @@
 //! `--max-pixels` (read from its header, before decoding) or more images in one form than
 //! `--queue`; 415 another `Content-Type`; 422 bytes that are not a supported image, or corrupt,
 //! truncated or an unsupported variant; 503 with `Retry-After` (seconds) when `--queue` images
-//! are already being handled; 504 when the image is not scored within `--timeout-ms` of the
+//! are already being handled, or when the image's pixels do not fit in what is left of
+//! `--decode-budget-pixels`; 504 when the image is not scored within `--timeout-ms` of the
 //! request's arrival; 500 if the model fails. A form with one bad image fails as a whole, naming
 //! the image.
 //!
@@ -117,6 +125,19 @@ pub struct ServeArgs {
     /// Seconds an overlay made with `overlay=url` stays available.
     #[arg(long, default_value_t = 300)]
     pub overlay_ttl_s: u64,
+    /// Seconds a client has to send a request's head (line and headers); slower ones are
+    /// disconnected, and so are kept-alive connections idle for this long.
+    #[arg(long, default_value_t = 5)]
+    pub header_timeout_s: u64,
+    /// Most connections open at once; more wait in the accept backlog. Default: the open-file
+    /// limit (`ulimit -n`) less 64, at most 4096.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Most pixels that images may hold at once while decoded, pre-processed and drawn on;
+    /// an image that does not fit gets 503 with Retry-After at once. Default: --max-pixels
+    /// times the decoding threads (the cores, at least 2).
+    #[arg(long)]
+    pub decode_budget_pixels: Option<u64>,
 }
 
 /// `123`, `64K`, `32MiB`, `1.5GB`… in bytes (K/M/G and KB/MB/GB are powers of 1000).
@@ -162,6 +183,13 @@ pub fn run(args: ServeArgs) -> Result<i32> {
         max_pixels: args.max_pixels,
         cors_origin: args.cors_origin,
         overlay_ttl: Duration::from_secs(args.overlay_ttl_s),
+        header_timeout: Duration::from_secs(args.header_timeout_s),
+        max_connections: args
+            .max_connections
+            .unwrap_or_else(serve::default_max_connections),
+        decode_budget_pixels: args
+            .decode_budget_pixels
+            .unwrap_or_else(|| serve::default_decode_budget(args.max_pixels)),
     };
     serve::run(config, args.model)
 }

@@ -383,6 +383,10 @@ fn health_page_metrics_and_colour_scale() {
         "headclip_queue_depth 0",
         "headclip_images_scored_total 0",
         "headclip_images_per_second",
+        "headclip_decodes_refused_total{reason=\"budget\"} 0",
+        "headclip_decodes_refused_total{reason=\"limits\"} 0",
+        "headclip_decodes_refused_total{reason=\"invalid\"} 0",
+        "headclip_decodes_cancelled_total 0",
     ] {
         assert!(metrics.2.contains(name), "{name} missing:\n{}", metrics.2);
     }
@@ -853,7 +857,10 @@ fn malformed_requests_get_4xx_and_the_server_keeps_serving() {
 struct LoadReport {
     statuses: Vec<u16>,
     retry_after_ok: bool,
+    /// Of the 200s, sorted.
     latencies_ms: Vec<f64>,
+    /// Of the 503s, sorted.
+    refused_ms: Vec<f64>,
     wall: Duration,
 }
 
@@ -909,26 +916,38 @@ fn load(
     let results = std::mem::take(&mut *results.lock().unwrap());
     let retry_after_ok = *retry_ok.lock().unwrap();
     let statuses = results.iter().map(|r| r.0).collect();
-    let mut latencies_ms: Vec<f64> = results.iter().filter(|r| r.0 == 200).map(|r| r.1).collect();
-    latencies_ms.sort_by(f64::total_cmp);
+    let sorted_ms = |status: u16| {
+        let mut ms: Vec<f64> = results
+            .iter()
+            .filter(|r| r.0 == status)
+            .map(|r| r.1)
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        ms
+    };
     LoadReport {
         statuses,
         retry_after_ok,
-        latencies_ms,
+        latencies_ms: sorted_ms(200),
+        refused_ms: sorted_ms(503),
         wall,
     }
 }
 
 fn report(name: &str, r: &LoadReport) {
-    let ok = r.statuses.iter().filter(|&&s| s == 200).count();
-    let busy = r.statuses.iter().filter(|&&s| s == 503).count();
+    let count = |status: u16| r.statuses.iter().filter(|&&s| s == status).count();
+    let ok = count(200);
     eprintln!(
-        "{name}: {} requests in {:.2} s: {ok} × 200, {busy} × 503; latency p50 {:.1} ms, p99 {:.1} ms; \
-         throughput {:.1} images/s",
+        "{name}: {} requests in {:.2} s: {ok} × 200, {} × 503, {} × 504; latency p50 {:.1} ms, \
+         p99 {:.1} ms; 503 answered in p50 {:.1} ms, max {:.1} ms; throughput {:.1} images/s",
         r.statuses.len(),
         r.wall.as_secs_f64(),
+        count(503),
+        count(504),
         percentile(&r.latencies_ms, 50.0),
         percentile(&r.latencies_ms, 99.0),
+        percentile(&r.refused_ms, 50.0),
+        percentile(&r.refused_ms, 100.0),
         ok as f64 / r.wall.as_secs_f64()
     );
 }
@@ -1001,28 +1020,7 @@ fn sigterm_lets_requests_in_flight_finish_and_exits_0() {
             std::thread::spawn(move || post(&url, Some("image/png"), &big, None))
         })
         .collect();
-    // Wait until every request has been admitted and some are still being worked on.
-    let started = Instant::now();
-    loop {
-        let metrics = get(&server.url("/metrics")).2;
-        let value = |name: &str| -> f64 {
-            metrics
-                .lines()
-                .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-                .map_or(0.0, |v| v.trim().parse().unwrap())
-        };
-        let in_flight = value("headclip_images_in_flight");
-        let done = value("headclip_http_requests_total{route=\"/v1/detect\",code=\"200\"}");
-        if in_flight >= 1.0 && in_flight + done >= n as f64 {
-            eprintln!("SIGTERM with {in_flight} images in flight, {done} answered");
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "requests never arrived:\n{metrics}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until_in_flight(&server, n);
     server.terminate();
     for c in clients {
         let reply = c.join().unwrap();
@@ -1036,6 +1034,303 @@ fn sigterm_lets_requests_in_flight_finish_and_exits_0() {
         TcpStream::connect(&server.addr).is_err(),
         "no longer accepting"
     );
+}
+
+/// Waits until all `n` detect requests have arrived and at least one is still being worked on.
+fn wait_until_in_flight(server: &Server, n: usize) {
+    let started = Instant::now();
+    loop {
+        let metrics = get(&server.url("/metrics")).2;
+        let value = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+                .map_or(0.0, |v| v.trim().parse().unwrap())
+        };
+        let in_flight = value("headclip_images_in_flight");
+        let done = value("headclip_http_requests_total{route=\"/v1/detect\",code=\"200\"}");
+        if in_flight >= 1.0 && in_flight + done >= n as f64 {
+            eprintln!("{in_flight} images in flight, {done} answered");
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "requests never arrived:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Reads until the server closes the connection (`true`) or `limit` passes (`false`).
+fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut sink = Vec::new();
+    match stream.read_to_end(&mut sink) {
+        Ok(_) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// Descriptors the process has open.
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn a_slow_head_is_cut_off_after_the_header_timeout() {
+    let server = Server::start(&["--header-timeout-s", "2"]);
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    // A head that never ends: one byte every 200 ms, for up to two minutes.
+    let trickle = std::thread::spawn(move || {
+        let _ = writer.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ");
+        for _ in 0..600 {
+            if writer.write_all(b"a").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(40)),
+        "a client trickling its head was still connected after 40 s"
+    );
+    eprintln!(
+        "slow head closed after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    trickle.join().unwrap();
+    assert_eq!(get(&server.url("/healthz")).0, 200);
+}
+
+#[test]
+fn connections_over_the_limit_wait_in_the_backlog_without_a_descriptor() {
+    let limit = 4;
+    let server = Server::start(&[
+        "--max-connections",
+        &limit.to_string(),
+        "--header-timeout-s",
+        "3",
+    ]);
+    let pid = server.child.id();
+    let before = open_files(pid);
+    let mut silent: Vec<TcpStream> = (0..12)
+        .map(|_| TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    // Watched for 2 s, within the header timeout: only `limit` of them may be accepted.
+    let mut most = before;
+    let watching = Instant::now();
+    while watching.elapsed() < Duration::from_secs(2) {
+        most = most.max(open_files(pid));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        most <= before + limit + 1,
+        "12 silent connections took {} descriptors under --max-connections {limit}",
+        most - before
+    );
+    // Queued behind them, a request is answered once the header timeout has freed places.
+    let started = Instant::now();
+    let health = get(&server.url("/healthz"));
+    assert_eq!(health.0, 200, "{}", health.2);
+    eprintln!(
+        "/healthz behind 12 silent connections: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    for stream in &mut silent {
+        assert!(closed_within(stream, Duration::from_secs(40)));
+    }
+}
+
+#[test]
+fn sigterm_closes_a_half_sent_head_and_answers_the_request_in_flight() {
+    // Neither the header timeout nor the grace period (--timeout-ms + 5 s) can end the wait.
+    let mut server = Server::start(&[
+        "--header-timeout-s",
+        "600",
+        "--timeout-ms",
+        "120000",
+        "--max-batch",
+        "1",
+        "--batch-wait-ms",
+        "0",
+    ]);
+    let mut half = TcpStream::connect(&server.addr).unwrap();
+    half.write_all(b"POST /v1/detect HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut idle = TcpStream::connect(&server.addr).unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = [0u8; 12];
+    idle.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+
+    let big = synthetic(1800, 1800, image::ImageFormat::Png);
+    let n = 4;
+    let url = server.url("/v1/detect");
+    let clients: Vec<_> = (0..n)
+        .map(|_| {
+            let (url, big) = (url.clone(), big.clone());
+            std::thread::spawn(move || post(&url, Some("image/png"), &big, None))
+        })
+        .collect();
+    wait_until_in_flight(&server, n);
+    let stopped = Instant::now();
+    server.terminate();
+    for c in clients {
+        let reply = c.join().unwrap();
+        assert_eq!(reply.0, 200, "in-flight request: {}", reply.2);
+    }
+    let status = server.wait_exit(Duration::from_secs(30));
+    eprintln!(
+        "exited {:.1} s after SIGTERM",
+        stopped.elapsed().as_secs_f64()
+    );
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", server.stderr());
+    assert!(closed_within(&mut half, Duration::from_secs(5)));
+    assert!(closed_within(&mut idle, Duration::from_secs(5)));
+}
+
+/// `n` requests of the same body sent together: (status, Retry-After, seconds to the answer).
+fn burst(url: &str, content_type: &str, body: &[u8], n: usize) -> Vec<(u16, Option<u64>, f64)> {
+    let start = Arc::new(std::sync::Barrier::new(n));
+    let body = Arc::new(body.to_vec());
+    let clients: Vec<_> = (0..n)
+        .map(|_| {
+            let (url, content_type, body, start) = (
+                url.to_string(),
+                content_type.to_string(),
+                body.clone(),
+                start.clone(),
+            );
+            std::thread::spawn(move || {
+                start.wait();
+                let t = Instant::now();
+                let reply = post(&url, Some(&content_type), &body, None);
+                let retry_after = header(&reply, "retry-after").and_then(|v| v.parse().ok());
+                (reply.0, retry_after, t.elapsed().as_secs_f64())
+            })
+        })
+        .collect();
+    clients.into_iter().map(|c| c.join().unwrap()).collect()
+}
+
+#[test]
+fn images_over_the_decode_budget_get_503_at_once_while_a_small_one_is_scored() {
+    // Room for one 9-megapixel image at a time; a 504 would take two minutes.
+    let server = Server::start(&[
+        "--max-pixels",
+        "10000000",
+        "--decode-budget-pixels",
+        "10000000",
+        "--timeout-ms",
+        "120000",
+    ]);
+    let large = synthetic(3000, 3000, image::ImageFormat::Png);
+    let small = synthetic(320, 240, image::ImageFormat::Jpeg);
+    let url = server.url("/v1/detect");
+    let small_client = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            // Sent while the large ones hold the budget.
+            std::thread::sleep(Duration::from_millis(200));
+            post(&url, Some("image/jpeg"), &small, None)
+        })
+    };
+    let replies = burst(&url, "image/png", &large, 8);
+    let small_reply = small_client.join().unwrap();
+    eprintln!(
+        "8 large images at once: {replies:?}; small one: {}",
+        small_reply.0
+    );
+    assert_eq!(small_reply.0, 200, "{}", small_reply.2);
+    assert!(
+        replies.iter().all(|r| r.0 == 200 || r.0 == 503),
+        "{replies:?}"
+    );
+    let refused: Vec<_> = replies.iter().filter(|r| r.0 == 503).collect();
+    assert!(
+        !refused.is_empty(),
+        "8 images of 9 Mpx in a 10 Mpx budget: {replies:?}"
+    );
+    assert!(replies.iter().any(|r| r.0 == 200), "{replies:?}");
+    for (_, retry_after, seconds) in &refused {
+        assert!(retry_after.is_some_and(|s| s >= 1), "{replies:?}");
+        assert!(*seconds < 20.0, "a 503 after {seconds:.1} s is not at once");
+    }
+    assert_eq!(
+        server.metric("headclip_decodes_refused_total{reason=\"budget\"}") as usize,
+        refused.len()
+    );
+}
+
+#[test]
+fn a_request_that_timed_out_does_not_leave_its_decode_running() {
+    // Budget for all of them: the pool, two threads at least, gets far more than 1 s of work.
+    let server = Server::start(&[
+        "--timeout-ms",
+        "1000",
+        "--decode-budget-pixels",
+        "1000000000",
+    ]);
+    let large = synthetic(4000, 4000, image::ImageFormat::Png);
+    let replies = burst(
+        &server.url("/v1/detect?overlay=none"),
+        "image/png",
+        &large,
+        16,
+    );
+    let count = |status: u16| replies.iter().filter(|r| r.0 == status).count();
+    eprintln!("16 images of 16 Mpx within 1 s: {replies:?}");
+    assert!(
+        replies.iter().all(|r| [200, 408, 504].contains(&r.0)),
+        "{replies:?}"
+    );
+    let timed_out = count(504);
+    assert!(timed_out >= 1, "{replies:?}");
+    // The pool reaches the gone requests' decodes after the running ones and skips them.
+    let started = Instant::now();
+    let cancelled = loop {
+        let cancelled = server.metric("headclip_decodes_cancelled_total") as usize;
+        if cancelled >= 1 || started.elapsed() > Duration::from_secs(60) {
+            break cancelled;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("{timed_out} timed out, {cancelled} decodes cancelled");
+    assert!(
+        (1..=timed_out).contains(&cancelled),
+        "{cancelled} cancelled for {timed_out} timed out"
+    );
+}
+
+/// Large honest images beyond what the decoders can take, with small ones alongside:
+/// `cargo test --release -p headclip-cli --test serve -- --ignored large_images --nocapture`.
+#[test]
+#[ignore = "slow: 40 decodes of 49 megapixels"]
+fn load_40_large_images_at_16_concurrent_with_small_ones() {
+    let server = Server::start(&[]);
+    let large = synthetic(7000, 7000, image::ImageFormat::Jpeg);
+    let small = synthetic(320, 240, image::ImageFormat::Jpeg);
+    let url = server.url("/v1/detect");
+    let small_load = {
+        let url = url.clone();
+        std::thread::spawn(move || load(&url, &small, "image/jpeg", 40, 2))
+    };
+    let r = load(&url, &large, "image/jpeg", 40, 16);
+    report("tiny model, 7000×7000 JPEG, 16 concurrent", &r);
+    report(
+        "tiny model, 320×240 JPEG alongside, 2 concurrent",
+        &small_load.join().unwrap(),
+    );
+    assert_eq!(r.statuses.len(), 40);
 }
 
 /// ViT-B/16 shapes with random weights, at the served default S (512 for patch 16) unless

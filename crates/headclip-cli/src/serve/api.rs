@@ -13,14 +13,16 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use headclip_data::images::RgbImage;
+use headclip_data::images::{ImageFormat, PreparedImage, RgbImage};
 use headclip_data::viz;
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio::time::{timeout_at, Instant as Deadline};
 
+use super::decode::{self, Cancel, NotPrepared, Reservation};
 use super::error::ApiError;
+use super::metrics::Refusal;
 use super::worker::{Job, Scored, SubmitError};
 use super::App;
 
@@ -208,10 +210,11 @@ async fn detect_inner(
             if bytes.is_empty() {
                 return Err(ApiError::bad_request("empty body: send the image's bytes"));
             }
-            let permit = admit(app)?;
+            let bytes = Bytes::from(bytes);
+            let admitted = admit(app, &bytes)?;
             let result = timeout_at(
                 deadline,
-                score_image(app.clone(), Bytes::from(bytes), params.overlay, permit),
+                score_image(app.clone(), bytes, params.overlay, admitted),
             )
             .await
             .map_err(|_| ApiError::timeout(app.cfg.timeout.as_millis()))??;
@@ -324,14 +327,14 @@ async fn detect_form(
                 if bytes.is_empty() {
                     return Err(ApiError::bad_request("empty image part").context(&what));
                 }
-                let permit = admit(app)?;
+                let admitted = admit(app, &bytes).map_err(|e| e.context(&what))?;
                 names.push(file_name);
                 let app = app.clone();
                 let overlay = params.overlay;
                 tasks.spawn(async move {
                     (
                         index,
-                        score_image(app, bytes, overlay, permit)
+                        score_image(app, bytes, overlay, admitted)
                             .await
                             .map_err(|e| e.context(&what)),
                     )
@@ -424,23 +427,60 @@ async fn read_body(mut body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
 }
 
 /// A place in the admission queue, held until the image's answer is ready.
-struct Admitted {
+struct QueuePlace {
     _permit: OwnedSemaphorePermit,
     app: Arc<App>,
 }
 
-impl Drop for Admitted {
+impl Drop for QueuePlace {
     fn drop(&mut self) {
         self.app.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
+/// An image let in: a queue place, and the pixels reserved for decoding it.
+struct Admitted {
+    place: QueuePlace,
+    pixels: Reservation,
+    format: ImageFormat,
+}
+
+/// Admits an image from its header, before any decoding: refuses it (413, 422) over the decode
+/// limits or when it is not an image, and with 503 and `Retry-After` when the `--queue` places
+/// or the `--decode-budget-pixels` are taken.
+fn admit(app: &Arc<App>, bytes: &[u8]) -> Result<Admitted, ApiError> {
+    let estimate = decode::estimate(bytes, &app.preprocessor.limits).map_err(|e| {
+        let refused = ApiError::from_data(&e);
+        app.metrics.record_refused(header_refusal(refused.status));
+        refused
+    })?;
+    let place = take_queue_place(app)?;
+    let Some(pixels) = app.decode_budget.try_reserve(estimate.cost) else {
+        app.metrics.record_refused(Refusal::Budget);
+        return Err(ApiError::busy_decoding(app.metrics.retry_after_s()));
+    };
+    Ok(Admitted {
+        place,
+        pixels,
+        format: estimate.format,
+    })
+}
+
+/// The `/metrics` reason for an image refused from its header with `status`.
+fn header_refusal(status: StatusCode) -> Refusal {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        Refusal::Limits
+    } else {
+        Refusal::Invalid
+    }
+}
+
 /// Takes one of the `--queue` places, or refuses with 503 and `Retry-After`.
-fn admit(app: &Arc<App>) -> Result<Admitted, ApiError> {
+fn take_queue_place(app: &Arc<App>) -> Result<QueuePlace, ApiError> {
     match app.admission.clone().try_acquire_owned() {
         Ok(permit) => {
             app.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-            Ok(Admitted {
+            Ok(QueuePlace {
                 _permit: permit,
                 app: app.clone(),
             })
@@ -496,19 +536,29 @@ fn round3(x: f64) -> f64 {
 }
 
 /// Decodes (on the blocking pool), queues for the model, and draws the overlay (blocking pool).
+/// Dropping the future (timeout, client gone) cancels the blocking work not yet begun.
 async fn score_image(
     app: Arc<App>,
     bytes: Bytes,
     overlay: OverlayMode,
     admitted: Admitted,
 ) -> Result<ImageResult, ApiError> {
-    let preprocessor = app.preprocessor;
-    let keep_original = overlay != OverlayMode::None;
-    let image =
-        tokio::task::spawn_blocking(move || preprocessor.prepare_encoded(&bytes, keep_original))
-            .await
-            .map_err(|e| ApiError::internal(format!("decoding failed: {e}")))?
-            .map_err(|e| ApiError::from_data(&e))?;
+    let Admitted {
+        place,
+        pixels,
+        format,
+    } = admitted;
+    let cancel = Cancel::default();
+    let _cancel_on_drop = cancel.on_drop();
+    let (image, pixels) = prepare(
+        &app,
+        bytes,
+        format,
+        overlay != OverlayMode::None,
+        pixels,
+        &cancel,
+    )
+    .await?;
 
     let (reply, answer) = oneshot::channel();
     let job = Job {
@@ -527,26 +577,64 @@ async fn score_image(
         .await
         .map_err(|_| ApiError::internal("the model thread dropped the image"))?
         .map_err(ApiError::internal)?;
-    let (scored, overlay_out) = with_overlay(&app, scored, overlay).await?;
-    drop(admitted);
+    let (scored, overlay_out) = with_overlay(&app, scored, overlay, pixels, cancel.clone()).await?;
+    drop(place);
     Ok(ImageResult {
         scored,
         overlay: overlay_out,
     })
 }
 
+/// Decodes and pre-processes on the blocking pool, the reserved pixels travelling with the work:
+/// they are given back when the work ends, even if the request has gone before. They come back
+/// for the overlay only when there is one to draw (its original image is still held).
+async fn prepare(
+    app: &Arc<App>,
+    bytes: Bytes,
+    format: ImageFormat,
+    keep_original: bool,
+    pixels: Reservation,
+    cancel: &Cancel,
+) -> Result<(PreparedImage, Option<Reservation>), ApiError> {
+    let preprocessor = app.preprocessor;
+    let metrics = app.metrics.clone();
+    let cancel = cancel.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let outcome =
+            decode::prepare_unless_cancelled(&preprocessor, &bytes, format, keep_original, &cancel);
+        if matches!(outcome, Err(NotPrepared::Cancelled)) {
+            metrics.record_cancelled();
+        }
+        (outcome, keep_original.then_some(pixels))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("decoding failed: {e}")))?;
+    match outcome {
+        (Ok(image), pixels) => Ok((image, pixels)),
+        (Err(NotPrepared::Failed(e)), _) => Err(ApiError::from_data(&e)),
+        // Only once the request has gone, so nobody reads this.
+        (Err(NotPrepared::Cancelled), _) => Err(ApiError::timeout(app.cfg.timeout.as_millis())),
+    }
+}
+
 /// The overlay as asked: drawn on the blocking pool (the result goes there and back, with its
-/// image, without a copy), then inline or in the overlay store.
+/// image, without a copy) unless the request has gone, then inline or in the overlay store.
 async fn with_overlay(
     app: &App,
     scored: Scored,
     overlay: OverlayMode,
+    pixels: Option<Reservation>,
+    cancel: Cancel,
 ) -> Result<(Scored, OverlayOut), ApiError> {
     if overlay == OverlayMode::None {
         return Ok((scored, OverlayOut::None));
     }
     let (scored, png) = tokio::task::spawn_blocking(move || {
-        let png = scored.detection.overlay().map(|img| viz::encode_png(&img));
+        let _pixels = pixels;
+        let png = (!cancel.is_cancelled())
+            .then(|| scored.detection.overlay())
+            .flatten()
+            .map(|img| viz::encode_png(&img));
         (scored, png)
     })
     .await

@@ -34,6 +34,17 @@ impl ApiError {
         }
     }
 
+    /// 503: the images being handled hold the pixels this one needs.
+    pub fn busy_decoding(retry_after: u64) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "the server is decoding as many pixels as it may at once \
+                      (--decode-budget-pixels); retry later"
+                .into(),
+            retry_after: Some(retry_after),
+        }
+    }
+
     pub fn too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -33,6 +33,35 @@ struct RouteLabels {
     route: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Why an image was refused before it was decoded.
+#[derive(Clone, Copy, Debug)]
+pub enum Refusal {
+    /// `--decode-budget-pixels` was taken by images being handled (503).
+    Budget,
+    /// Over a decode limit such as `--max-pixels` (413).
+    Limits,
+    /// The header is not that of a supported image (400, 422).
+    Invalid,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 3] = [Refusal::Budget, Refusal::Limits, Refusal::Invalid];
+
+    fn label(self) -> ReasonLabels {
+        let reason = match self {
+            Refusal::Budget => "budget",
+            Refusal::Limits => "limits",
+            Refusal::Invalid => "invalid",
+        };
+        ReasonLabels { reason }
+    }
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
@@ -57,6 +86,8 @@ struct Series {
     batches: Counter,
     model_seconds: Counter<f64, AtomicU64>,
     uptime: Gauge<f64, AtomicU64>,
+    decodes_refused: Family<ReasonLabels, Counter>,
+    decodes_cancelled: Counter,
 }
 
 impl Series {
@@ -71,7 +102,13 @@ impl Series {
             batches: Counter::default(),
             model_seconds: Counter::default(),
             uptime: Gauge::default(),
+            decodes_refused: Family::default(),
+            decodes_cancelled: Counter::default(),
         };
+        // Every reason from the start, so that dashboards see zeros rather than nothing.
+        for refusal in Refusal::ALL {
+            let _ = s.decodes_refused.get_or_create(&refusal.label());
+        }
         // Counters are registered without `_total`: the encoder appends it.
         let r = registry;
         r.register(
@@ -109,6 +146,16 @@ impl Series {
             "model_seconds",
             "Time spent in the model",
             s.model_seconds.clone(),
+        );
+        r.register(
+            "decodes_refused",
+            "Images refused before decoding, by reason",
+            s.decodes_refused.clone(),
+        );
+        r.register(
+            "decodes_cancelled",
+            "Decodes not started or not finished because their request had gone",
+            s.decodes_cancelled.clone(),
         );
         r.register(
             "uptime_seconds",
@@ -165,6 +212,19 @@ impl Metrics {
                 code: status,
             })
             .inc();
+    }
+
+    /// An image refused before decoding.
+    pub fn record_refused(&self, refusal: Refusal) {
+        self.series
+            .decodes_refused
+            .get_or_create(&refusal.label())
+            .inc();
+    }
+
+    /// A decode skipped or stopped because its request had gone.
+    pub fn record_cancelled(&self) {
+        self.series.decodes_cancelled.inc();
     }
 
     /// One batch of `images` scored in `elapsed`.

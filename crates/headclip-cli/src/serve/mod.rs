@@ -1,14 +1,17 @@
 //! The server behind `headclip serve`: an axum router on a tokio runtime, the model on its own
 //! thread (see [`worker`]), and the page's files embedded in the binary.
 //!
-//! The path of one image: the handler reads the body (at most `--max-body-bytes`), takes one of
-//! the `--queue` admission places (none left: 503 with `Retry-After`), decodes and pre-processes
-//! on tokio's blocking pool, hands the pixels to the model thread through a bounded channel,
-//! waits for its batch, and draws the overlay on the blocking pool again. The async workers only
-//! move bytes.
+//! The path of one image: the handler reads the body (at most `--max-body-bytes`), reads the
+//! image's header, takes one of the `--queue` admission places and reserves its pixels in
+//! `--decode-budget-pixels` (no room: 503 with `Retry-After`), decodes and pre-processes on
+//! tokio's blocking pool, hands the pixels to the model thread through a bounded channel, waits
+//! for its batch, and draws the overlay on the blocking pool again. The async workers only move
+//! bytes. Connections come in through [`listen`]'s accept loop.
 
 mod api;
+mod decode;
 mod error;
+mod listen;
 mod metrics;
 mod store;
 mod worker;
@@ -32,6 +35,8 @@ use metrics::Metrics;
 use store::OverlayStore;
 use worker::{BatchConfig, Submitter};
 
+pub use listen::default_max_connections;
+
 /// The server's settings (from `ServeArgs`).
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -46,6 +51,12 @@ pub struct Config {
     pub max_pixels: u64,
     pub cors_origin: Option<String>,
     pub overlay_ttl: Duration,
+    /// Time a client has to send a request's head.
+    pub header_timeout: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Pixels that admitted images may hold at once on their way through the blocking pool.
+    pub decode_budget_pixels: u64,
 }
 
 /// Overlays kept for `overlay=url`: at most this many…
@@ -62,6 +73,8 @@ pub struct App {
     submit: Submitter,
     /// One permit per image admitted; `--queue` in all.
     admission: Arc<Semaphore>,
+    /// `--decode-budget-pixels`, reserved from each image's header.
+    decode_budget: Arc<decode::Budget>,
     metrics: Arc<Metrics>,
     overlays: OverlayStore,
     colormap_png: axum::body::Bytes,
@@ -84,6 +97,21 @@ impl Config {
         if self.max_body_bytes == 0 {
             bail!("--max-body-bytes must be positive");
         }
+        if self.max_pixels == 0 {
+            bail!("--max-pixels must be positive");
+        }
+        if self.decode_budget_pixels < self.max_pixels {
+            bail!(
+                "--decode-budget-pixels ({}) must be at least --max-pixels ({}), or an image \
+                 within the pixel limit could never be decoded",
+                self.decode_budget_pixels,
+                self.max_pixels
+            );
+        }
+        if self.header_timeout.is_zero() {
+            bail!("--header-timeout-s must be positive");
+        }
+        self.check_connections()?;
         if self
             .token
             .as_deref()
@@ -92,6 +120,31 @@ impl Config {
             bail!("the token must be non-empty, without spaces around it");
         }
         Ok(())
+    }
+
+    /// A connection limit the file limit can hold, with room for the server's own files.
+    fn check_connections(&self) -> Result<()> {
+        if self.max_connections == 0 || u32::try_from(self.max_connections).is_err() {
+            bail!("--max-connections must be in [1, {}]", u32::MAX);
+        }
+        if let Some(files) = listen::open_file_limit() {
+            let room = files.saturating_sub(listen::RESERVED_FILES);
+            if self.max_connections as u64 > room {
+                bail!(
+                    "--max-connections {} does not fit in this process's file limit of {files} \
+                     (ulimit -n) less {} for the server itself: lower it to {room} or raise the limit",
+                    self.max_connections,
+                    listen::RESERVED_FILES
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Requests still being handled at SIGTERM are answered within `--timeout-ms`; the extra
+    /// seconds are for writing the last answers out.
+    fn shutdown_grace(&self) -> Duration {
+        self.timeout + Duration::from_secs(5)
     }
 }
 
@@ -119,18 +172,16 @@ pub fn run(cfg: Config, model: ModelArgs) -> Result<i32> {
     };
     let (ready, submit, worker) = worker::start(model, limits, batch, metrics.clone())?;
 
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .worker_threads(cores.clamp(1, 4))
+        .worker_threads(cores().clamp(1, 4))
         // Decoding and overlays: bounded, so that many large images cannot exhaust memory.
-        .max_blocking_threads(cores.max(2))
+        .max_blocking_threads(blocking_threads())
         .thread_name("headclip-http")
         .build()?;
     let app = Arc::new(App {
         admission: Arc::new(Semaphore::new(cfg.queue)),
+        decode_budget: decode::Budget::new(cfg.decode_budget_pixels),
         overlays: OverlayStore::new(cfg.overlay_ttl, OVERLAY_MAX_ENTRIES, OVERLAY_MAX_BYTES),
         colormap_png: api::colormap_image()?.into(),
         cfg,
@@ -154,15 +205,35 @@ pub fn run(cfg: Config, model: ModelArgs) -> Result<i32> {
         println!("listening on http://{local}");
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        let limits = listen::Limits {
+            max_connections: app.cfg.max_connections,
+            header_timeout: app.cfg.header_timeout,
+            shutdown_grace: app.cfg.shutdown_grace(),
+        };
+        listen::serve(listener, router, limits, shutdown_signal()).await?;
         tracing::info!("all requests answered; stopping");
         anyhow::Ok(())
     });
     runtime.shutdown_timeout(Duration::from_secs(5));
     worker.stop();
     result.map(|()| 0)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+/// Threads of the blocking pool, where images are decoded and overlays drawn.
+fn blocking_threads() -> usize {
+    cores().max(2)
+}
+
+/// `--decode-budget-pixels` when not given: one image at `--max-pixels` per decoding thread,
+/// so that the largest images run side by side instead of queuing behind each other.
+pub fn default_decode_budget(max_pixels: u64) -> u64 {
+    max_pixels.saturating_mul(blocking_threads() as u64)
 }
 
 fn router(app: Arc<App>) -> Result<Router> {
