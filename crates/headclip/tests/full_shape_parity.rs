@@ -18,14 +18,11 @@ use headclip::clip::{
 };
 use headclip::model::{HeadClip, HeadClipConfig, HeadClipParams, ResolvedConfig};
 use headclip::prng::SeededNormals;
+use headclip_data::images::{CLIP_MEAN, CLIP_STD};
 use tch::{Device, Kind, Tensor};
 
 /// Both cases use every core and a few GB: one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// CLIP's pre-processing constants.
-const MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-const STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
 
 struct Fixture {
     name: String,
@@ -126,8 +123,8 @@ fn input_image(fx: &Fixture) -> Tensor {
         .repeat_interleave_self_int(repeat, 1, None)
         .repeat_interleave_self_int(repeat, 2, None)
         / 255.0;
-    let mean = Tensor::from_slice(&MEAN).view([3, 1, 1]);
-    let std = Tensor::from_slice(&STD).view([3, 1, 1]);
+    let mean = Tensor::from_slice(&CLIP_MEAN).view([3, 1, 1]);
+    let std = Tensor::from_slice(&CLIP_STD).view([3, 1, 1]);
     ((x - mean) / std).unsqueeze(0)
 }
 
