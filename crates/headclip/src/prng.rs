@@ -1,5 +1,5 @@
 //! A counter-based generator of standard-normal-like numbers, small enough to be written out
-//! again in the Python reference (`reference/full_shape.py`), which must reproduce it bit for
+//! again in the Python reference (`reference/gen_full_fixtures.py`), which must reproduce it bit for
 //! bit on any CPU. libtorch's `randn` may change between CPU kinds and versions, and weights
 //! drawn with it would orphan every fixture computed from them.
 //!

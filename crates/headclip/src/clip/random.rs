@@ -237,7 +237,7 @@ pub fn seeded_tensor(normals: &SeededNormals, stream: u64, shape: &[i64], init: 
 
 /// A random state dict in OpenAI's layout, fp16 like OpenAI's files (each value rounded from
 /// f64 to f32, then to f16), with OpenAI's init scales. The same seed gives the same bits on
-/// every CPU, and `reference/full_shape.py` draws the same tensors.
+/// every CPU, and `reference/gen_full_fixtures.py` draws the same tensors.
 pub fn random_clip(shape: &RandomClipShape, seed: u64) -> Vec<(String, Tensor)> {
     let normals = SeededNormals::new(seed);
     let mut out: Vec<(String, Tensor)> = random_clip_specs(shape)
