@@ -11,4 +11,8 @@ if [[ ! -x .venv-reference/bin/python ]]; then
   # clip-anytorch asks for torchvision only for its own pre-processing, which we do not use.
   .venv-reference/bin/pip install -q --no-deps clip-anytorch torchvision==0.26.0
 fi
+if [[ ${1:-} == full ]]; then
+  shift
+  exec .venv-reference/bin/python reference/gen_full_fixtures.py "$@"
+fi
 exec .venv-reference/bin/python reference/gen_fixtures.py "$@"

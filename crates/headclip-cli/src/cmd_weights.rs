@@ -58,8 +58,9 @@ pub enum WeightsCommand {
         /// Output safetensors file.
         #[arg(long)]
         out: PathBuf,
+        /// Seed of the engine's own generator: a seed gives the same bits on every CPU.
         #[arg(long, default_value_t = 0)]
-        seed: i64,
+        seed: u64,
     },
 }
 
@@ -76,7 +77,7 @@ pub fn run(args: WeightsArgs) -> Result<()> {
     }
 }
 
-fn random(shape: &str, out: &Path, seed: i64) -> Result<()> {
+fn random(shape: &str, out: &Path, seed: u64) -> Result<()> {
     use headclip::clip::{random_clip_safetensors, RANDOM_SHAPES};
     let Some(shape) = RANDOM_SHAPES
         .iter()

@@ -12,6 +12,7 @@
 //! - [`eval`]: the evaluation protocol over data sets.
 //! - [`train`]: learning the prompts and head weights.
 //! - [`weights`]: the official CLIP checkpoints, their checksums, and downloading them.
+//! - [`prng`]: the engine's own random numbers, reproducible on every CPU (random weights).
 //! - [`runtime`]: process-wide preparation of libtorch (deterministic kernels).
 //!
 //! This crate must not print, parse command lines or decide policy about files on disk beyond
@@ -21,6 +22,7 @@ pub mod clip;
 pub mod detector;
 pub mod eval;
 pub mod model;
+pub mod prng;
 pub mod runtime;
 pub mod train;
 pub mod weights;

@@ -15,7 +15,9 @@ pub use checkpoint::{load_state_dict, CheckpointError, CheckpointFormat, StateDi
 pub use config::{ClipConfig, TextConfig, VisionConfig};
 pub use layers::l2_normalize as layers_l2_normalize;
 pub use random::{
-    random_clip, random_clip_safetensors, RandomClipShape, RANDOM_MARKER, RANDOM_SHAPES,
+    random_clip, random_clip_digests, random_clip_safetensors, random_clip_specs,
+    random_state_dict, seeded_tensor, Init, RandomClipShape, TensorSpec, RANDOM_MARKER,
+    RANDOM_SHAPES,
 };
 pub use text::TextTransformer;
 pub use tokenizer::{ClipTokenizer, TokenizeError, CONTEXT_LENGTH};

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use tch::{Device, Kind, Tensor};
 
-use crate::clip::{Clip, ClipTokenizer, DpamOptions, TokenizeError};
+use crate::clip::{Clip, ClipTokenizer, DpamOptions, TokenizeError, VisionOutput};
 
 /// Where the text features came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -162,6 +162,13 @@ impl HeadClip {
 
     /// Global scores and per-layer maps for a batch of normalised images [B, 3, S, S].
     pub fn forward(&self, images: &Tensor, text_features: &Tensor) -> BatchOutput {
+        let features = self.image_features(images);
+        self.maps_from_features(&features, text_features, images.size()[3])
+    }
+
+    /// The vision tower with this model's DPAM options and head weights: `g` and every `F_l`,
+    /// in the towers' precision.
+    pub fn image_features(&self, images: &Tensor) -> VisionOutput {
         // The patch embedding casts the images to the towers' precision.
         let images = images.to_device(self.device());
         let weights = |block: usize, h: &Tensor| {
@@ -169,10 +176,18 @@ impl HeadClip {
                 .as_ref()
                 .map(|p| head_weights(&self.config, p, block, h))
         };
-        let out = self
-            .clip
+        self.clip
             .vision
-            .forward(&images, &self.dpam_options(), &weights);
+            .forward(&images, &self.dpam_options(), &weights)
+    }
+
+    /// Global scores and per-layer maps at `side`×`side` from a batch's image features.
+    pub fn maps_from_features(
+        &self,
+        out: &VisionOutput,
+        text_features: &Tensor,
+        side: i64,
+    ) -> BatchOutput {
         // Scores and maps in fp32 whatever precision the towers ran in.
         let text = text_features.to_kind(Kind::Float);
         let global = out.global.to_kind(Kind::Float);
@@ -182,7 +197,7 @@ impl HeadClip {
             .map(|f| f.to_kind(Kind::Float))
             .collect();
         let global_score = scoring::two_class_probabilities(&global, &text).select(1, 1);
-        let layer_maps = scoring::layer_maps(&features, &text, images.size()[3]);
+        let layer_maps = scoring::layer_maps(&features, &text, side);
         BatchOutput {
             global_score,
             layer_maps,
