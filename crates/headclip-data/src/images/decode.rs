@@ -11,6 +11,7 @@ use std::io::Cursor;
 use image::{DynamicImage, ImageError, ImageFormat as ImgFormat, ImageReader};
 
 use super::jpeg::{self, JpegError, Samples};
+use super::png;
 use super::{DataError, DecodeLimits, ImageFormat, RgbImage};
 
 /// Recognises an image format from its magic bytes.
@@ -178,6 +179,35 @@ enum Raw {
     Other(DynamicImage),
 }
 
+/// PIL's WebP reader (libwebp's demuxer) refuses a file whose RIFF size or chunk sizes run
+/// past the data, which the `image` crate's decoder accepts when the image data is complete.
+fn check_webp_container(bytes: &[u8]) -> Result<(), DataError> {
+    let webp = |detail: &str| DataError::Corrupt {
+        format: ImageFormat::WebP,
+        detail: detail.into(),
+    };
+    let le32 = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let riff_end = 8 + le32(4);
+    if riff_end > bytes.len() {
+        return Err(DataError::Truncated {
+            format: ImageFormat::WebP,
+            detail: format!("RIFF size says {riff_end} bytes, the file has {}", bytes.len()),
+        });
+    }
+    let mut pos = 12;
+    while pos + 8 <= riff_end {
+        let padded = le32(pos + 4).saturating_add(1) & !1;
+        if padded > riff_end - pos - 8 {
+            return Err(webp("a WebP chunk runs past the end of its RIFF container"));
+        }
+        pos += 8 + padded;
+    }
+    if pos != riff_end {
+        return Err(webp("WebP RIFF container ends inside a chunk header"));
+    }
+    Ok(())
+}
+
 fn decode_raw(bytes: &[u8], limits: &DecodeLimits) -> Result<Raw, DataError> {
     let (format, w, h) = dimensions(bytes)?;
     if u64::from(w) * u64::from(h) > limits.max_pixels {
@@ -192,10 +222,16 @@ fn decode_raw(bytes: &[u8], limits: &DecodeLimits) -> Result<Raw, DataError> {
             .map(Raw::Jpeg)
             .map_err(|e| from_jpeg_error(e, limits));
     }
+    // 8 bytes per pixel covers RGBA16, the widest layout these formats decode to.
+    let max_alloc = limits.max_pixels.saturating_mul(8).saturating_add(1 << 24);
+    match format {
+        ImageFormat::Png => return png::decode(bytes, max_alloc).map(Raw::Other),
+        ImageFormat::WebP => check_webp_container(bytes)?,
+        _ => {}
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), image_crate_format(format));
     let mut l = image::Limits::no_limits();
-    // 8 bytes per pixel covers RGBA16, the widest layout these formats decode to.
-    l.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(1 << 24));
+    l.max_alloc = Some(max_alloc);
     reader.limits(l);
     let img = reader.decode().map_err(|e| from_image_error(format, e))?;
     Ok(Raw::Other(img))

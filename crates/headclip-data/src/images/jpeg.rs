@@ -176,10 +176,51 @@ enum Stop {
     No,
     /// A marker ends the entropy data: further bits read as zeros, as in libjpeg.
     Marker,
-    /// The input ended: reading past it is an error.
+    /// The input ended.
     Eof,
 }
 
+/// libjpeg refills its bit buffer to this many bits whenever it runs low.
+const LIBJPEG_MIN_GET_BITS: i32 = 25;
+/// libjpeg decodes Huffman codes up to this long from one table look-up.
+const LIBJPEG_LOOKAHEAD: u32 = 8;
+
+/// What the byte at a position of entropy-coded data is.
+enum ByteAt {
+    /// A data byte (0xFF 0x00 is a data 0xFF) and the position after it.
+    Data(u8, usize),
+    /// A marker starts here (its last 0xFF fill byte).
+    Marker(usize),
+    Eof,
+}
+
+fn entropy_byte(d: &[u8], pos: usize) -> ByteAt {
+    let Some(&b) = d.get(pos) else {
+        return ByteAt::Eof;
+    };
+    if b != 0xFF {
+        return ByteAt::Data(b, pos + 1);
+    }
+    // 0xFF fill bytes may repeat; 0xFF 0x00 is a data 0xFF; anything else is a marker.
+    let mut q = pos + 1;
+    while q < d.len() && d[q] == 0xFF {
+        q += 1;
+    }
+    match d.get(q) {
+        None => ByteAt::Eof,
+        Some(0) => ByteAt::Data(0xFF, q + 1),
+        Some(_) => ByteAt::Marker(q - 1),
+    }
+}
+
+/// The entropy-coded data of one scan, read bit by bit.
+///
+/// Two things follow libjpeg, because PIL's decision and pixels depend on them. First, libjpeg
+/// reads ahead: whenever its buffer holds fewer bits than a read needs, it refills to 25 bits,
+/// and PIL calls the file truncated if that refill meets the end of the data (a marker stops it
+/// instead). The `lj_*` fields replay that read-ahead. Second, once a read needs bits beyond a
+/// marker, libjpeg pads with zeros and then skips the following MCUs until the next restart
+/// (`insufficient`), leaving their blocks at zero: flat grey.
 struct Bits<'a> {
     data: &'a [u8],
     pos: usize,
@@ -189,6 +230,14 @@ struct Bits<'a> {
     /// How many of the lowest of those `n` bits are zero padding, not data.
     padding: u32,
     stop: Stop,
+    /// Bits libjpeg holds in its buffer (may run below zero once it pads at a marker).
+    lj_bits: i32,
+    /// Where libjpeg's read-ahead has got to.
+    lj_pos: usize,
+    /// libjpeg's read-ahead has met a marker and reads no further.
+    lj_at_marker: bool,
+    /// A read needed bits beyond a marker: the MCUs that follow are skipped.
+    insufficient: bool,
 }
 
 impl<'a> Bits<'a> {
@@ -200,15 +249,42 @@ impl<'a> Bits<'a> {
             n: 0,
             padding: 0,
             stop: Stop::No,
+            lj_bits: 0,
+            lj_pos: pos,
+            lj_at_marker: false,
+            insufficient: false,
         }
     }
 
-    /// Forgets buffered bits (at a restart or the end of a scan); `pos` stays at the marker.
-    fn reset(&mut self) {
+    /// Restarts reading at `pos` with empty buffers; `at_marker` when a marker is left unread
+    /// there (the segment that follows then reads as zeros).
+    fn restart_at(&mut self, pos: usize, at_marker: bool) {
+        self.pos = pos;
         self.acc = 0;
         self.n = 0;
         self.padding = 0;
-        self.stop = Stop::No;
+        self.stop = if at_marker { Stop::Marker } else { Stop::No };
+        self.lj_bits = 0;
+        self.lj_pos = pos;
+        self.lj_at_marker = at_marker;
+    }
+
+    /// libjpeg's `jpeg_fill_bit_buffer` when fewer than `need` bits are buffered.
+    fn libjpeg_fill(&mut self, need: i32) -> Result<()> {
+        if self.lj_bits >= need {
+            return Ok(());
+        }
+        while self.lj_bits < LIBJPEG_MIN_GET_BITS && !self.lj_at_marker {
+            match entropy_byte(self.data, self.lj_pos) {
+                ByteAt::Data(_, next) => {
+                    self.lj_pos = next;
+                    self.lj_bits += 8;
+                }
+                ByteAt::Marker(_) => self.lj_at_marker = true,
+                ByteAt::Eof => return truncated("JPEG data ends in the middle of the image"),
+            }
+        }
+        Ok(())
     }
 
     fn fill(&mut self, need: u32) {
@@ -230,32 +306,18 @@ impl<'a> Bits<'a> {
     }
 
     fn next_byte(&mut self) -> Option<u8> {
-        let d = self.data;
-        let Some(&b) = d.get(self.pos) else {
-            self.stop = Stop::Eof;
-            return None;
-        };
-        if b != 0xFF {
-            self.pos += 1;
-            return Some(b);
-        }
-        // 0xFF fill bytes may repeat; 0xFF 0x00 is a data 0xFF; anything else is a marker.
-        let mut q = self.pos + 1;
-        while q < d.len() && d[q] == 0xFF {
-            q += 1;
-        }
-        match d.get(q) {
-            None => {
-                self.stop = Stop::Eof;
+        match entropy_byte(self.data, self.pos) {
+            ByteAt::Data(b, next) => {
+                self.pos = next;
+                Some(b)
+            }
+            ByteAt::Marker(at) => {
+                self.pos = at;
+                self.stop = Stop::Marker;
                 None
             }
-            Some(0) => {
-                self.pos = q + 1;
-                Some(0xFF)
-            }
-            Some(_) => {
-                self.pos = q - 1;
-                self.stop = Stop::Marker;
+            ByteAt::Eof => {
+                self.stop = Stop::Eof;
                 None
             }
         }
@@ -268,10 +330,12 @@ impl<'a> Bits<'a> {
 
     fn consume(&mut self, k: u32) -> Result<()> {
         self.n -= k;
+        self.lj_bits -= k as i32;
         if self.padding > self.n {
             if self.stop == Stop::Eof {
                 return truncated("JPEG data ends in the middle of the image");
             }
+            self.insufficient = true;
             self.padding = self.n;
         }
         Ok(())
@@ -281,6 +345,7 @@ impl<'a> Bits<'a> {
         if k == 0 {
             return Ok(0);
         }
+        self.libjpeg_fill(k as i32)?;
         let v = self.peek(k);
         self.consume(k)?;
         Ok(v)
@@ -291,21 +356,32 @@ impl<'a> Bits<'a> {
     }
 
     fn decode(&mut self, t: &Huffman) -> Result<u8> {
+        // libjpeg refills when fewer bits than its look-ahead remain.
+        self.libjpeg_fill(LIBJPEG_LOOKAHEAD as i32)?;
         let look = self.peek(16);
         let e = t.fast[(look >> (16 - FAST_BITS)) as usize];
         if e != 0 {
-            self.consume(u32::from(e >> 8))?;
+            let len = u32::from(e >> 8);
+            if len > LIBJPEG_LOOKAHEAD {
+                self.libjpeg_fill(len as i32)?;
+            }
+            self.consume(len)?;
             return Ok(e as u8);
         }
+        // A code longer than the look-ahead makes libjpeg refill once more if it runs short.
         for len in FAST_BITS as usize + 1..=16 {
             let code = (look >> (16 - len)) as i32;
             if code <= t.maxcode[len] {
+                self.libjpeg_fill(len as i32)?;
                 self.consume(len as u32)?;
                 return Ok(t.symbols[(code + t.offset[len]) as usize]);
             }
         }
-        // libjpeg warns and substitutes a zero symbol rather than failing.
+        // No code matches: libjpeg has read a 17th bit against its sentinel, warns and
+        // substitutes a zero symbol rather than failing.
+        self.libjpeg_fill(16)?;
         self.consume(16)?;
+        self.bits(1)?;
         Ok(0)
     }
 
@@ -375,6 +451,20 @@ struct Markers {
     adobe_transform: Option<u8>,
 }
 
+impl Markers {
+    /// Records what libjpeg reads from an APP0 or APP14 segment; it only trusts segments at
+    /// least as long as their defined fields.
+    fn note(&mut self, m: u8, seg: &[u8]) {
+        match m {
+            0xE0 if seg.len() >= 14 && seg.starts_with(b"JFIF\0") => self.jfif = true,
+            0xEE if seg.len() >= 12 && seg.starts_with(b"Adobe") => {
+                self.adobe_transform = Some(seg[11]);
+            }
+            _ => {}
+        }
+    }
+}
+
 fn be16(d: &[u8], at: usize) -> usize {
     usize::from(d[at]) << 8 | usize::from(d[at + 1])
 }
@@ -397,6 +487,128 @@ fn next_marker(d: &[u8], mut pos: usize) -> Option<(u8, usize)> {
     }
 }
 
+/// PIL reads the markers up to the first scan in Python before libjpeg sees the file, and
+/// refuses some files libjpeg would take: a marker code it does not know, a segment running
+/// past the end of the data, a frame header with another depth or number of components, a
+/// quantisation table cut short, JFIF or Adobe segments too short for their fields.
+fn pil_header_walk(d: &[u8]) -> Result<()> {
+    let refuse = |why: &str| corrupt(format!("{why} (PIL refuses such a file)"));
+    // PIL has read the three signature bytes; the third is the 0xFF of the first marker.
+    let mut pos = 3;
+    let mut after_ff = true;
+    let mut icc_segments: Vec<&[u8]> = Vec::new();
+    while pos < d.len() {
+        let b = d[pos];
+        pos += 1;
+        if !after_ff {
+            after_ff = b == 0xFF;
+            continue;
+        }
+        after_ff = false;
+        match b {
+            0xFF => after_ff = true,
+            0x00 | 0xC8 | 0xD0..=0xD9 | 0xF0..=0xFD => {}
+            0xC0..=0xC7 | 0xC9..=0xCF | 0xDA..=0xEF | 0xFE => {
+                let n = match d.get(pos..pos + 2) {
+                    Some(_) => be16(d, pos).saturating_sub(2),
+                    None => return truncated("JPEG data ends inside a marker segment"),
+                };
+                let end = pos + 2 + n;
+                if end > d.len() {
+                    return truncated("JPEG data ends inside a marker segment");
+                }
+                let seg = &d[pos + 2..end];
+                pos = end;
+                match b {
+                    0xDA => return Ok(()),
+                    0xC4 | 0xCC | 0xDC | 0xDD | 0xDF => {}
+                    0xDB => pil_check_quant(seg).or_else(|e| refuse(&e))?,
+                    0xE0..=0xEF | 0xFE => {
+                        if b == 0xE2 && seg.starts_with(b"ICC_PROFILE\0") {
+                            icc_segments.push(seg);
+                        }
+                        pil_check_app(b, seg).or_else(|e| refuse(&e))?;
+                    }
+                    _ => {
+                        pil_check_frame(seg).or_else(|e| refuse(&e))?;
+                        // PIL sorts the ICC fragments and reads the first one's count byte.
+                        if icc_segments.iter().min().is_some_and(|s| s.len() < 14) {
+                            return refuse("ICC profile fragment too short");
+                        }
+                        icc_segments.clear();
+                    }
+                }
+                if pos < d.len() {
+                    after_ff = d[pos] == 0xFF;
+                    pos += 1;
+                }
+            }
+            _ => return refuse(&format!("JPEG marker {b:02X} unknown")),
+        }
+    }
+    Ok(())
+}
+
+fn pil_check_quant(mut seg: &[u8]) -> std::result::Result<(), String> {
+    while let Some(&v) = seg.first() {
+        let len = if v >> 4 == 0 { 65 } else { 129 };
+        if seg.len() < len {
+            return Err("JPEG quantisation table cut short".into());
+        }
+        seg = &seg[len..];
+    }
+    Ok(())
+}
+
+fn pil_check_app(m: u8, seg: &[u8]) -> std::result::Result<(), String> {
+    let short = (m == 0xE0 && seg.starts_with(b"JFIF") && seg.len() < 7)
+        || (m == 0xEE && seg.starts_with(b"Adobe") && seg.len() < 7);
+    if short {
+        return Err("JFIF or Adobe segment too short for its fields".into());
+    }
+    Ok(())
+}
+
+fn pil_check_frame(seg: &[u8]) -> std::result::Result<(), String> {
+    if seg.len() < 6 {
+        return Err("JPEG frame header too short".into());
+    }
+    if seg[0] != 8 {
+        return Err(format!("{}-bit JPEG", seg[0]));
+    }
+    if !matches!(seg[5], 1 | 3 | 4) {
+        return Err(format!("JPEG with {} components", seg[5]));
+    }
+    Ok(())
+}
+
+/// What the marker walk has read so far.
+#[derive(Default)]
+struct Walk {
+    frame: Option<Frame>,
+    qt: [Option<[u16; 64]>; 4],
+    huffman: RawTables,
+    restart_interval: usize,
+    markers: Markers,
+    scans: usize,
+    /// Set at the first scan: a sequential scan holding every component makes the whole image,
+    /// which libjpeg decodes as it reads; any other layout it reads to the end first.
+    single_scan: Option<bool>,
+}
+
+impl Walk {
+    /// Whether every pixel has been decoded, so that libjpeg (and PIL) no longer need the rest
+    /// of the data: only after the one scan of a single-scan image.
+    fn complete(&self) -> bool {
+        self.single_scan == Some(true) && self.scans == 1
+    }
+}
+
+/// Markers whose segments libjpeg skips by their length (APPn, COM, DNL).
+fn is_skipped(m: u8) -> bool {
+    matches!(m, 0xE0..=0xEF | 0xFE | 0xDC)
+}
+
 fn run(d: &[u8], mode: Mode) -> Result<Outcome> {
     if d.len() < 2 {
         return truncated("JPEG data too short");
@@ -404,116 +616,153 @@ fn run(d: &[u8], mode: Mode) -> Result<Outcome> {
     if d[0] != 0xFF || d[1] != 0xD8 {
         return corrupt("missing JPEG start-of-image marker");
     }
+    pil_header_walk(d)?;
+    let mut w = Walk::default();
     let mut pos = 2;
-    let mut frame: Option<Frame> = None;
-    let mut qt: [Option<[u16; 64]>; 4] = [None; 4];
-    let mut tables = Tables::default();
-    let mut restart_interval = 0usize;
-    let mut markers = Markers::default();
-    let mut scans = 0usize;
     loop {
         let Some((m, after)) = next_marker(d, pos) else {
-            if scans > 0 {
-                // Missing EOI after complete image data: libjpeg only warns.
-                break;
-            }
-            return truncated("JPEG data ends before the image data");
+            return end_of_data(w, "JPEG data ends before its end-of-image marker");
         };
         pos = after;
         match m {
             0xD9 => break,
-            0xD8 | 0xD0..=0xD7 | 0x01 => continue,
+            0xD0..=0xD7 | 0x01 => continue,
+            0xD8 => return corrupt("JPEG with a second start-of-image marker"),
             _ => {}
         }
         if pos + 2 > d.len() {
-            return truncated("JPEG data ends inside a marker segment");
+            return end_of_data(w, "JPEG data ends inside a marker segment");
         }
         let len = be16(d, pos);
+        if is_skipped(m) {
+            // libjpeg skips what the length says; a length under 2 skips nothing.
+            let end = pos + len.max(2);
+            if end > d.len() {
+                return end_of_data(w, "JPEG data ends inside a marker segment");
+            }
+            w.markers.note(m, &d[pos + 2..end]);
+            pos = end;
+            continue;
+        }
         if len < 2 {
-            return corrupt("JPEG marker segment with a bad length");
+            return corrupt(format!("JPEG marker {m:02X} with a bad segment length {len}"));
         }
         if pos + len > d.len() {
-            return truncated("JPEG data ends inside a marker segment");
+            return end_of_data(w, "JPEG data ends inside a marker segment");
         }
         let seg = &d[pos + 2..pos + len];
-        let seg_end = pos + len;
+        pos += len;
         match m {
             0xC0..=0xC2 => {
-                if frame.is_some() {
+                if w.frame.is_some() {
                     return corrupt("JPEG with more than one frame header");
                 }
                 let f = parse_frame(seg, m == 0xC2)?;
-                let (w, h) = (f.width as u32, f.height as u32);
+                let (width, height) = (f.width as u32, f.height as u32);
                 match mode {
-                    Mode::Header => return Ok(Outcome::Size(w, h)),
+                    Mode::Header => return Ok(Outcome::Size(width, height)),
                     Mode::Full { max_pixels } => {
-                        if u64::from(w) * u64::from(h) > max_pixels {
-                            return Err(JpegError::TooLarge {
-                                width: w,
-                                height: h,
-                            });
+                        if u64::from(width) * u64::from(height) > max_pixels {
+                            return Err(JpegError::TooLarge { width, height });
                         }
                     }
                 }
-                frame = Some(allocate(f));
+                w.frame = Some(allocate(f));
             }
-            0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF | 0xCC => {
-                return Err(JpegError::Unsupported(
-                    "arithmetic-coded, lossless or hierarchical JPEG".into(),
-                ));
+            0xC3 | 0xC5..=0xC8 | 0xCB | 0xCD..=0xCF => {
+                return Err(JpegError::Unsupported(format!(
+                    "lossless or hierarchical JPEG (marker {m:02X})"
+                )));
             }
-            0xC4 => parse_huffman(seg, &mut tables)?,
-            0xDB => parse_quant(seg, &mut qt)?,
+            0xC9 | 0xCA => {
+                return Err(JpegError::Unsupported("arithmetic-coded JPEG".into()));
+            }
+            0xCC => check_arithmetic_conditioning(seg)?,
+            0xC4 => parse_huffman(seg, &mut w.huffman)?,
+            0xDB => parse_quant(seg, &mut w.qt)?,
             0xDD => {
-                if seg.len() < 2 {
-                    return corrupt("JPEG restart interval segment too short");
+                if seg.len() != 2 {
+                    return corrupt("JPEG restart interval segment with a bad length");
                 }
-                restart_interval = be16(seg, 0);
+                w.restart_interval = be16(seg, 0);
             }
-            // libjpeg only trusts markers at least as long as their defined fields.
-            0xE0 if seg.len() >= 14 && seg.starts_with(b"JFIF\0") => markers.jfif = true,
-            0xEE if seg.len() >= 12 && seg.starts_with(b"Adobe") => {
-                markers.adobe_transform = Some(seg[11]);
-            }
-            0xDA => {
-                let Some(f) = frame.as_mut() else {
-                    return corrupt("JPEG scan before the frame header");
-                };
-                let scan = parse_scan(seg, f)?;
-                for sc in &scan.comps {
-                    let c = &mut f.comps[sc.index];
-                    if c.quant.is_none() {
-                        match qt[c.tq] {
-                            Some(q) => c.quant = Some(q),
-                            None => {
-                                return corrupt("JPEG scan uses an undefined quantisation table")
-                            }
-                        }
-                    }
-                    let tables_ok = (scan.ss > 0 || tables.dc[sc.dc].is_some())
-                        && (scan.se == 0 || tables.ac[sc.ac].is_some())
-                        // A DC refinement reads raw bits only.
-                        || (f.progressive && scan.ss == 0 && scan.ah > 0);
-                    if !tables_ok {
-                        return corrupt("JPEG scan uses an undefined Huffman table");
-                    }
-                }
-                pos = decode_scan(d, seg_end, f, &scan, &tables, restart_interval)?;
-                scans += 1;
-                continue;
-            }
-            _ => {}
+            0xDA => pos = start_scan(d, pos, seg, &mut w)?,
+            _ => return corrupt(format!("unknown JPEG marker {m:02X}")),
         }
-        pos = seg_end;
     }
-    let Some(f) = frame else {
+    finish_walk(w)
+}
+
+/// The data ended before the end-of-image marker: truncation, as PIL reports it, unless the
+/// image was already complete (libjpeg then only misses its end marker, and PIL accepts that).
+fn end_of_data(w: Walk, why: &str) -> Result<Outcome> {
+    if w.complete() {
+        return finish_walk(w);
+    }
+    truncated(why)
+}
+
+fn finish_walk(w: Walk) -> Result<Outcome> {
+    let Some(f) = w.frame else {
         return corrupt("JPEG without a frame header");
     };
-    if scans == 0 {
+    if w.scans == 0 {
         return corrupt("JPEG without image data");
     }
-    Ok(Outcome::Image(finish(f, &markers)?))
+    Ok(Outcome::Image(finish(f, &w.markers)?))
 }
+
+/// Parses a scan header, checks its tables as libjpeg does at the start of a scan, and decodes
+/// the scan's data; returns where marker parsing resumes.
+fn start_scan(d: &[u8], data_start: usize, seg: &[u8], w: &mut Walk) -> Result<usize> {
+    let Some(f) = w.frame.as_mut() else {
+        return corrupt("JPEG scan before the frame header");
+    };
+    let scan = parse_scan(seg, f)?;
+    match w.single_scan {
+        None => {
+            let single = !f.progressive && scan.comps.len() == f.comps.len();
+            w.single_scan = Some(single);
+            if !f.progressive {
+                // Motion-JPEG frames leave out the standard tables; libjpeg supplies them.
+                w.huffman.fill_standard();
+            }
+        }
+        Some(true) => return corrupt("JPEG with a second scan where its end was expected"),
+        Some(false) => {}
+    }
+    for sc in &scan.comps {
+        let c = &mut f.comps[sc.index];
+        if c.quant.is_none() {
+            match w.qt[c.tq] {
+                Some(q) => c.quant = Some(q),
+                None => return corrupt("JPEG scan uses an undefined quantisation table"),
+            }
+        }
+    }
+    let tables = w.huffman.for_scan(&scan, f.progressive)?;
+    let end = decode_scan(d, data_start, f, &scan, &tables, w.restart_interval)?;
+    w.scans += 1;
+    Ok(end)
+}
+
+/// libjpeg's checks of a DAC segment (arithmetic-coding conditioning), harmless in a
+/// Huffman-coded file when valid.
+fn check_arithmetic_conditioning(seg: &[u8]) -> Result<()> {
+    if seg.len() % 2 != 0 {
+        return corrupt("JPEG DAC segment with a bad length");
+    }
+    for pair in seg.chunks_exact(2) {
+        let (index, value) = (pair[0], pair[1]);
+        if index >= 32 || (index < 16 && (value & 15) > (value >> 4)) {
+            return corrupt("JPEG DAC segment with a bad value");
+        }
+    }
+    Ok(())
+}
+
+/// libjpeg's `JPEG_MAX_DIMENSION`: larger sides are refused.
+const LIBJPEG_MAX_SIDE: usize = 65500;
 
 fn parse_frame(seg: &[u8], progressive: bool) -> Result<Frame> {
     if seg.len() < 6 {
@@ -533,11 +782,17 @@ fn parse_frame(seg: &[u8], progressive: bool) -> Result<Frame> {
             "JPEG with zero width or height (DNL marker)".into(),
         ));
     }
+    if width > LIBJPEG_MAX_SIDE || height > LIBJPEG_MAX_SIDE {
+        return corrupt(format!(
+            "JPEG frame header declares {width}×{height}, over libjpeg's limit of \
+             {LIBJPEG_MAX_SIDE} pixels a side"
+        ));
+    }
     if !matches!(n, 1 | 3 | 4) {
         return Err(JpegError::Unsupported(format!("JPEG with {n} components")));
     }
-    if seg.len() < 6 + 3 * n {
-        return corrupt("JPEG frame header too short");
+    if seg.len() != 6 + 3 * n {
+        return corrupt("JPEG frame header with a bad length");
     }
     let mut comps = Vec::with_capacity(n);
     for i in 0..n {
@@ -593,22 +848,80 @@ fn allocate(mut f: Frame) -> Frame {
     f
 }
 
-fn parse_huffman(mut seg: &[u8], tables: &mut Tables) -> Result<()> {
-    while !seg.is_empty() {
-        if seg.len() < 17 {
-            return corrupt("JPEG Huffman table segment too short");
+/// A Huffman table as a DHT segment defines it: code counts per length, then symbols.
+#[derive(Clone)]
+struct RawHuffman {
+    counts: [u8; 16],
+    symbols: Vec<u8>,
+}
+
+/// The tables defined so far, checked (as libjpeg does) only when a scan uses them.
+#[derive(Default)]
+struct RawTables {
+    dc: [Option<RawHuffman>; 4],
+    ac: [Option<RawHuffman>; 4],
+}
+
+fn raw(counts: [u8; 16], symbols: &[u8]) -> RawHuffman {
+    RawHuffman {
+        counts,
+        symbols: symbols.to_vec(),
+    }
+}
+
+impl RawTables {
+    /// libjpeg's `std_huff_tables`: the tables of the JPEG standard's Annex K.3 in slots 0 and 1
+    /// where the file defines none (Motion-JPEG frames rely on this).
+    fn fill_standard(&mut self) {
+        let dc_symbols: Vec<u8> = (0..12).collect();
+        let [dc0, dc1, ..] = &mut self.dc;
+        let [ac0, ac1, ..] = &mut self.ac;
+        dc0.get_or_insert_with(|| raw(STD_DC_LUMA_COUNTS, &dc_symbols));
+        dc1.get_or_insert_with(|| raw(STD_DC_CHROMA_COUNTS, &dc_symbols));
+        ac0.get_or_insert_with(|| raw(STD_AC_LUMA_COUNTS, STD_AC_LUMA_SYMBOLS));
+        ac1.get_or_insert_with(|| raw(STD_AC_CHROMA_COUNTS, STD_AC_CHROMA_SYMBOLS));
+    }
+
+    /// Builds the tables a scan reads, failing as libjpeg does on a missing or bad one.
+    fn for_scan(&self, scan: &Scan, progressive: bool) -> Result<ScanTables> {
+        let mut out = ScanTables::default();
+        for sc in &scan.comps {
+            // A progressive scan reads either DC or AC, and a DC refinement raw bits only.
+            let needs_dc = !progressive || (scan.ss == 0 && scan.ah == 0);
+            let needs_ac = !progressive || scan.ss > 0;
+            if needs_dc {
+                out.dc[sc.dc] = Some(build(&self.dc[sc.dc], true)?);
+            }
+            if needs_ac {
+                out.ac[sc.ac] = Some(build(&self.ac[sc.ac], false)?);
+            }
         }
-        let (class, id) = (seg[0] >> 4, usize::from(seg[0] & 15));
-        if class > 1 || id > 3 {
-            return corrupt("JPEG Huffman table with a bad class or id");
-        }
+        Ok(out)
+    }
+}
+
+fn build(t: &Option<RawHuffman>, is_dc: bool) -> Result<Huffman> {
+    match t {
+        Some(t) => Huffman::new(&t.counts, t.symbols.clone(), is_dc),
+        None => corrupt("JPEG scan uses an undefined Huffman table"),
+    }
+}
+
+/// A DHT segment, read as libjpeg's `get_dht` reads it.
+fn parse_huffman(mut seg: &[u8], tables: &mut RawTables) -> Result<()> {
+    while seg.len() > 16 {
+        let index = seg[0];
         let mut counts = [0u8; 16];
         counts.copy_from_slice(&seg[1..17]);
         let n: usize = counts.iter().map(|&c| usize::from(c)).sum();
-        if seg.len() < 17 + n {
-            return corrupt("JPEG Huffman table segment too short");
+        if n > 256 || seg.len() < 17 + n {
+            return corrupt("bad JPEG Huffman table");
         }
-        let t = Huffman::new(&counts, seg[17..17 + n].to_vec(), class == 0)?;
+        let (class, id) = (index >> 4, usize::from(index & 15));
+        if class > 1 || id > 3 {
+            return corrupt("JPEG Huffman table with a bad class or id");
+        }
+        let t = raw(counts, &seg[17..17 + n]);
         if class == 0 {
             tables.dc[id] = Some(t);
         } else {
@@ -616,14 +929,49 @@ fn parse_huffman(mut seg: &[u8], tables: &mut Tables) -> Result<()> {
         }
         seg = &seg[17 + n..];
     }
+    if !seg.is_empty() {
+        return corrupt("JPEG Huffman table segment with a bad length");
+    }
     Ok(())
 }
 
+const STD_DC_LUMA_COUNTS: [u8; 16] = [0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0];
+const STD_DC_CHROMA_COUNTS: [u8; 16] = [0, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0];
+const STD_AC_LUMA_COUNTS: [u8; 16] = [0, 2, 1, 3, 3, 2, 4, 3, 5, 5, 4, 4, 0, 0, 1, 125];
+const STD_AC_CHROMA_COUNTS: [u8; 16] = [0, 2, 1, 2, 4, 4, 3, 4, 7, 5, 4, 4, 0, 1, 2, 119];
+const STD_AC_LUMA_SYMBOLS: &[u8] = &[
+    0x01, 0x02, 0x03, 0x00, 0x04, 0x11, 0x05, 0x12, 0x21, 0x31, 0x41, 0x06, 0x13, 0x51, 0x61,
+    0x07, 0x22, 0x71, 0x14, 0x32, 0x81, 0x91, 0xa1, 0x08, 0x23, 0x42, 0xb1, 0xc1, 0x15, 0x52,
+    0xd1, 0xf0, 0x24, 0x33, 0x62, 0x72, 0x82, 0x09, 0x0a, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x25,
+    0x26, 0x27, 0x28, 0x29, 0x2a, 0x34, 0x35, 0x36, 0x37, 0x38, 0x39, 0x3a, 0x43, 0x44, 0x45,
+    0x46, 0x47, 0x48, 0x49, 0x4a, 0x53, 0x54, 0x55, 0x56, 0x57, 0x58, 0x59, 0x5a, 0x63, 0x64,
+    0x65, 0x66, 0x67, 0x68, 0x69, 0x6a, 0x73, 0x74, 0x75, 0x76, 0x77, 0x78, 0x79, 0x7a, 0x83,
+    0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a, 0x92, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99,
+    0x9a, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xb2, 0xb3, 0xb4, 0xb5, 0xb6,
+    0xb7, 0xb8, 0xb9, 0xba, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7, 0xc8, 0xc9, 0xca, 0xd2, 0xd3,
+    0xd4, 0xd5, 0xd6, 0xd7, 0xd8, 0xd9, 0xda, 0xe1, 0xe2, 0xe3, 0xe4, 0xe5, 0xe6, 0xe7, 0xe8,
+    0xe9, 0xea, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa,
+];
+const STD_AC_CHROMA_SYMBOLS: &[u8] = &[
+    0x00, 0x01, 0x02, 0x03, 0x11, 0x04, 0x05, 0x21, 0x31, 0x06, 0x12, 0x41, 0x51, 0x07, 0x61,
+    0x71, 0x13, 0x22, 0x32, 0x81, 0x08, 0x14, 0x42, 0x91, 0xa1, 0xb1, 0xc1, 0x09, 0x23, 0x33,
+    0x52, 0xf0, 0x15, 0x62, 0x72, 0xd1, 0x0a, 0x16, 0x24, 0x34, 0xe1, 0x25, 0xf1, 0x17, 0x18,
+    0x19, 0x1a, 0x26, 0x27, 0x28, 0x29, 0x2a, 0x35, 0x36, 0x37, 0x38, 0x39, 0x3a, 0x43, 0x44,
+    0x45, 0x46, 0x47, 0x48, 0x49, 0x4a, 0x53, 0x54, 0x55, 0x56, 0x57, 0x58, 0x59, 0x5a, 0x63,
+    0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6a, 0x73, 0x74, 0x75, 0x76, 0x77, 0x78, 0x79, 0x7a,
+    0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a, 0x92, 0x93, 0x94, 0x95, 0x96, 0x97,
+    0x98, 0x99, 0x9a, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xb2, 0xb3, 0xb4,
+    0xb5, 0xb6, 0xb7, 0xb8, 0xb9, 0xba, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7, 0xc8, 0xc9, 0xca,
+    0xd2, 0xd3, 0xd4, 0xd5, 0xd6, 0xd7, 0xd8, 0xd9, 0xda, 0xe2, 0xe3, 0xe4, 0xe5, 0xe6, 0xe7,
+    0xe8, 0xe9, 0xea, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa,
+];
+
 fn parse_quant(mut seg: &[u8], qt: &mut [Option<[u16; 64]>; 4]) -> Result<()> {
     while !seg.is_empty() {
+        // Any non-zero precision means 16-bit values to libjpeg.
         let (precision, id) = (seg[0] >> 4, usize::from(seg[0] & 15));
-        if precision > 1 || id > 3 {
-            return corrupt("JPEG quantisation table with a bad precision or id");
+        if id > 3 {
+            return corrupt("JPEG quantisation table with a bad id");
         }
         let size = if precision == 0 { 64 } else { 128 };
         if seg.len() < 1 + size {
@@ -645,8 +993,8 @@ fn parse_quant(mut seg: &[u8], qt: &mut [Option<[u16; 64]>; 4]) -> Result<()> {
 
 fn parse_scan(seg: &[u8], f: &Frame) -> Result<Scan> {
     let n = usize::from(*seg.first().unwrap_or(&0));
-    if !(1..=4).contains(&n) || seg.len() < 1 + 2 * n + 3 {
-        return corrupt("bad JPEG scan header");
+    if !(1..=4).contains(&n) || seg.len() != 1 + 2 * n + 3 {
+        return corrupt("JPEG scan header with a bad length");
     }
     let mut comps: Vec<ScanComp> = Vec::with_capacity(n);
     for i in 0..n {
@@ -712,15 +1060,16 @@ fn parse_scan(seg: &[u8], f: &Frame) -> Result<Scan> {
 // ---------------------------------------------------------------------------------------------
 // Entropy decoding
 
+/// The checked tables one scan reads.
 #[derive(Default)]
-struct Tables {
+struct ScanTables {
     dc: [Option<Huffman>; 4],
     ac: [Option<Huffman>; 4],
 }
 
 struct ScanCtx<'a> {
     scan: &'a Scan,
-    tables: &'a Tables,
+    tables: &'a ScanTables,
 }
 
 struct ScanState {
@@ -868,13 +1217,45 @@ fn decode_block(
     Ok(())
 }
 
+/// libjpeg's `read_restart_marker` and `jpeg_resync_to_restart`: consumes the expected RSTn,
+/// or decides, from the marker found, whether to skip it, resume after it, or leave it unread
+/// (the segment then reads as zeros). The data ending here is truncation, as for PIL.
+fn read_restart_marker(bits: &mut Bits, expected: u8) -> Result<()> {
+    let d = bits.data;
+    let Some((mut marker, mut after)) = next_marker(d, bits.lj_pos) else {
+        return truncated("JPEG data ends before a restart marker");
+    };
+    let rst = |n: u8| 0xD0 + (n & 7);
+    loop {
+        let is_rst = (0xD0..=0xD7).contains(&marker);
+        let near = |ks: &[u8]| ks.iter().any(|&k| marker == rst(expected + k));
+        if marker == rst(expected) || (is_rst && !near(&[1, 2, 6, 7])) {
+            // The expected marker, or one too far off to judge: resume right after it.
+            bits.restart_at(after, false);
+            bits.insufficient = false;
+            return Ok(());
+        }
+        if marker >= 0xC0 && (!is_rst || near(&[1, 2])) {
+            // A valid non-restart marker, or one of the next two restarts: leave it unread,
+            // and with it libjpeg's out-of-data state.
+            bits.restart_at(after - 2, true);
+            return Ok(());
+        }
+        // An invalid marker, or an earlier restart: look further.
+        let Some(next) = next_marker(d, after) else {
+            return truncated("JPEG data ends before a restart marker");
+        };
+        (marker, after) = next;
+    }
+}
+
 /// Decodes one scan's entropy data starting at `start`; returns where marker parsing resumes.
 fn decode_scan(
     d: &[u8],
     start: usize,
     f: &mut Frame,
     scan: &Scan,
-    tables: &Tables,
+    tables: &ScanTables,
     restart_interval: usize,
 ) -> Result<usize> {
     let ctx = ScanCtx { scan, tables };
@@ -884,44 +1265,37 @@ fn decode_scan(
         eobrun: 0,
     };
     let mut to_go = restart_interval;
-    let mut restart = |bits: &mut Bits, st: &mut ScanState| {
-        if restart_interval == 0 {
-            return;
-        }
-        if to_go == 0 {
-            // Skip to the next marker; an RSTn is consumed, any other marker is left for the
-            // marker parser and the rest of the scan decodes as zeros (libjpeg's resync).
-            bits.reset();
-            match next_marker(d, bits.pos) {
-                Some((0xD0..=0xD7, after)) => bits.pos = after,
-                Some((_, after)) => {
-                    bits.pos = after - 2;
-                    bits.stop = Stop::Marker;
-                }
-                None => {
-                    bits.pos = d.len();
-                    bits.stop = Stop::Eof;
-                }
+    let mut expected_rst = 0u8;
+    // libjpeg's `process_restart`, then whether this MCU is decoded at all.
+    let mut begin_mcu = |bits: &mut Bits, st: &mut ScanState| -> Result<bool> {
+        if restart_interval > 0 {
+            if to_go == 0 {
+                read_restart_marker(bits, expected_rst)?;
+                expected_rst = (expected_rst + 1) & 7;
+                st.dc_pred = [0; 4];
+                st.eobrun = 0;
+                to_go = restart_interval;
             }
-            st.dc_pred = [0; 4];
-            st.eobrun = 0;
-            to_go = restart_interval;
+            to_go -= 1;
         }
-        to_go -= 1;
+        Ok(!bits.insufficient)
     };
     if scan.comps.len() == 1 {
         let c = &f.comps[scan.comps[0].index];
         let (w, h) = (c.bw_data, c.bh_data);
         for by in 0..h {
             for bx in 0..w {
-                restart(&mut bits, &mut st);
-                decode_block(&mut bits, f, &ctx, 0, (bx, by), &mut st)?;
+                if begin_mcu(&mut bits, &mut st)? {
+                    decode_block(&mut bits, f, &ctx, 0, (bx, by), &mut st)?;
+                }
             }
         }
     } else {
         for my in 0..f.mcus_y {
             for mx in 0..f.mcus_x {
-                restart(&mut bits, &mut st);
+                if !begin_mcu(&mut bits, &mut st)? {
+                    continue;
+                }
                 for which in 0..scan.comps.len() {
                     let c = &f.comps[scan.comps[which].index];
                     let (ch, cv) = (c.h, c.v);

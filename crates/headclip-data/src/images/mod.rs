@@ -19,6 +19,7 @@
 mod decode;
 mod jpeg;
 mod mask;
+mod png;
 mod prepare;
 mod resize;
 
