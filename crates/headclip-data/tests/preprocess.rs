@@ -370,6 +370,7 @@ fn decompression_bombs_are_refused_before_decoding() {
     assert!(decode_rgb(&png, &limits).is_ok());
     let small = DecodeLimits {
         max_pixels: 500_000,
+        ..DecodeLimits::default()
     };
     assert!(matches!(
         decode_rgb(&png, &small),

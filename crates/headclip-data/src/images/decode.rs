@@ -1,7 +1,9 @@
 //! Format sniffing, header-only size checks, and decoding to PIL's `RGB` or `L` pixels.
 //!
-//! JPEG goes through [`super::jpeg`] (libjpeg-turbo's arithmetic); the other formats through the
-//! `image` crate, whose lossless decoders give the same samples as PIL. The conversions then
+//! JPEG goes through [`super::jpeg`] (libjpeg-turbo's arithmetic), PNG through [`super::png`]
+//! (the `png` crate with PIL's checksum rules); the other formats through the `image` crate,
+//! whose lossless decoders give the same samples as PIL, after a check of the WebP container
+//! that PIL's libwebp makes. The conversions then
 //! follow PIL's `convert("RGB")` and `convert("L")`, except that 16-bit grey keeps its high byte
 //! where PIL saturates at 255 (the spec asks for scaling, and PIL's other 16-bit modes do the
 //! same).
@@ -12,7 +14,7 @@ use image::{DynamicImage, ImageError, ImageFormat as ImgFormat, ImageReader};
 
 use super::jpeg::{self, JpegError, Samples};
 use super::png;
-use super::{DataError, DecodeLimits, ImageFormat, RgbImage};
+use super::{DataError, DecodeCost, DecodeLimits, ImageFormat, RgbImage};
 
 /// Recognises an image format from its magic bytes.
 pub(crate) fn sniff(bytes: &[u8]) -> Option<ImageFormat> {
@@ -208,15 +210,50 @@ fn check_webp_container(bytes: &[u8]) -> Result<(), DataError> {
     Ok(())
 }
 
-fn decode_raw(bytes: &[u8], limits: &DecodeLimits) -> Result<Raw, DataError> {
-    let (format, w, h) = dimensions(bytes)?;
-    if u64::from(w) * u64::from(h) > limits.max_pixels {
+/// The cost of decoding, checked against the limits; see [`super::decode_cost`].
+pub(crate) fn decode_cost(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodeCost, DataError> {
+    let (format, width, height) = dimensions(bytes)?;
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_pixels {
         return Err(DataError::TooLarge {
-            width: w,
-            height: h,
+            width,
+            height,
             max_pixels: limits.max_pixels,
         });
     }
+    let (scans, block_scans) = if format == ImageFormat::Jpeg {
+        let c = jpeg::cost(bytes).map_err(|e| from_jpeg_error(e, limits))?;
+        (c.scans, c.block_scans)
+    } else {
+        (1, pixels.div_ceil(64))
+    };
+    if scans > limits.max_scans {
+        return Err(DataError::TooMuchWork {
+            what: "JPEG scans",
+            limit: "max_scans",
+            needed: u64::from(scans),
+            max: u64::from(limits.max_scans),
+        });
+    }
+    if format == ImageFormat::Jpeg && block_scans > limits.max_block_scans {
+        return Err(DataError::TooMuchWork {
+            what: "8×8 block visits (blocks × scans)",
+            limit: "max_block_scans",
+            needed: block_scans,
+            max: limits.max_block_scans,
+        });
+    }
+    Ok(DecodeCost {
+        format,
+        width,
+        height,
+        scans,
+        block_scans,
+    })
+}
+
+fn decode_raw(bytes: &[u8], limits: &DecodeLimits) -> Result<Raw, DataError> {
+    let DecodeCost { format, .. } = decode_cost(bytes, limits)?;
     if format == ImageFormat::Jpeg {
         return jpeg::decode(bytes, limits.max_pixels)
             .map(Raw::Jpeg)
