@@ -1474,6 +1474,15 @@ fn idct_1d(x: [i64; 8]) -> [i64; 8] {
 
 /// libjpeg's `jpeg_idct_islow` on one block, writing 8×8 samples at `out` with row `stride`.
 fn idct_block(coefs: &[i16], quant: &[u16; 64], out: &mut [u8], stride: usize) {
+    if coefs[1..64].iter().all(|&c| c == 0) {
+        flat_block(coefs[0], quant[0], out, stride);
+    } else {
+        idct_any_block(coefs, quant, out, stride);
+    }
+}
+
+/// `idct_block` without the shortcut for flat blocks.
+fn idct_any_block(coefs: &[i16], quant: &[u16; 64], out: &mut [u8], stride: usize) {
     let mut ws = [0i32; 64];
     // Quantisation multipliers are 16-bit `short`s in libjpeg-turbo.
     let deq = |i: usize| i64::from(coefs[i]) * i64::from(quant[i] as i16);
@@ -1489,6 +1498,18 @@ fn idct_block(coefs: &[i16], quant: &[u16; 64], out: &mut [u8], stride: usize) {
         for (o, v) in o.iter_mut().zip(r) {
             *o = idct_limit(descale(v, CONST_BITS + PASS1_BITS + 3));
         }
+    }
+}
+
+/// `idct_block` on a block without AC coefficients, which most blocks of large flat or
+/// damaged images are: both passes then give one value, the DC term scaled by 1/8 and rounded.
+fn flat_block(dc: i16, quant_dc: u16, out: &mut [u8], stride: usize) {
+    let dequantised = i64::from(dc) * i64::from(quant_dc as i16);
+    // Pass 1 gives the column `dequantised << PASS1_BITS` exactly; pass 2 descales that.
+    let pass1 = descale(dequantised << CONST_BITS, CONST_BITS - PASS1_BITS);
+    let v = idct_limit(descale(pass1 << CONST_BITS, CONST_BITS + PASS1_BITS + 3));
+    for row in 0..8 {
+        out[row * stride..row * stride + 8].fill(v);
     }
 }
 
@@ -1696,10 +1717,12 @@ fn finish(f: Frame, m: &Markers) -> Result<Decoded> {
         }
         Space::YCbCr => {
             let t = YccTables::new();
-            let mut out = Vec::with_capacity(n * 3);
-            for ((&y, &cb), &cr) in planes[0].iter().zip(&planes[1]).zip(&planes[2]) {
+            // Written in place: pushing pixel by pixel doubles the time on large images.
+            let mut out = vec![0u8; n * 3];
+            let ycc = planes[0].iter().zip(&planes[1]).zip(&planes[2]);
+            for (px, ((&y, &cb), &cr)) in out.chunks_exact_mut(3).zip(ycc) {
                 let [r, g, b] = t.rgb(y, cb, cr);
-                out.extend_from_slice(&[clamp8(r), clamp8(g), clamp8(b)]);
+                px.copy_from_slice(&[clamp8(r), clamp8(g), clamp8(b)]);
             }
             Samples::Rgb(out)
         }
@@ -1752,6 +1775,21 @@ mod tests {
         let mut out = [0u8; 64];
         idct_block(&coefs, &q, &mut out, 8);
         assert!(out.iter().all(|&v| v == 144), "{out:?}");
+    }
+
+    #[test]
+    fn flat_block_shortcut_matches_the_full_idct() {
+        let mut coefs = [0i16; 64];
+        for quant_dc in [1u16, 2, 7, 16, 255, 1000, 40000] {
+            let q = [quant_dc; 64];
+            for dc in (-2048i16..=2047).chain([i16::MIN, i16::MAX]) {
+                coefs[0] = dc;
+                let (mut fast, mut full) = ([0u8; 64], [0u8; 64]);
+                flat_block(dc, quant_dc, &mut fast, 8);
+                idct_any_block(&coefs, &q, &mut full, 8);
+                assert_eq!(fast, full, "dc {dc}, quant {quant_dc}");
+            }
+        }
     }
 
     #[test]
