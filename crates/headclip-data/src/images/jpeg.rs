@@ -432,6 +432,11 @@ struct Component {
     /// Quantisation table in natural order, latched at the component's first scan as libjpeg
     /// does; never latched means an all-zero table (libjpeg then outputs flat grey).
     quant: Option<[u16; 64]>,
+    /// libjpeg's progression status of the first zigzag coefficients that block smoothing
+    /// estimates: -1 never sent, else the bits still missing (0: known exactly).
+    coef_bits: [i32; SMOOTHED_COEFS],
+    /// The same status as it was before the component's latest scan.
+    coef_bits_before_scan: [i32; SMOOTHED_COEFS],
 }
 
 struct Frame {
@@ -443,6 +448,9 @@ struct Frame {
     mcus_x: usize,
     mcus_y: usize,
     comps: Vec<Component>,
+    /// The last iMCU row an MCU of which was begun with data in hand (libjpeg's
+    /// `last_good_iMCU_row`): block smoothing trusts the latest scan only up to it.
+    last_good_imcu_row: usize,
 }
 
 struct ScanComp {
@@ -723,7 +731,7 @@ fn finish_walk(w: Walk) -> Result<Outcome> {
     if w.scans == 0 {
         return corrupt("JPEG without image data");
     }
-    Ok(Outcome::Image(finish(f, &w.markers)?))
+    Ok(Outcome::Image(finish(f, &w.markers, w.scans)?))
 }
 
 /// Parses a scan header, checks its tables as libjpeg does at the start of a scan, and decodes
@@ -754,10 +762,28 @@ fn start_scan(d: &[u8], data_start: usize, seg: &[u8], w: &mut Walk) -> Result<u
             }
         }
     }
+    if f.progressive {
+        note_progression(f, &scan, w.scans > 0);
+    }
     let tables = w.huffman.for_scan(&scan, f.progressive)?;
     let end = decode_scan(d, data_start, f, &scan, &tables, w.restart_interval)?;
     w.scans += 1;
     Ok(end)
+}
+
+/// Updates the components' progression status for a progressive scan, as libjpeg does when
+/// the scan starts; `earlier_scans` when this is not the file's first scan.
+fn note_progression(f: &mut Frame, scan: &Scan, earlier_scans: bool) {
+    for sc in &scan.comps {
+        let c = &mut f.comps[sc.index];
+        // libjpeg saves the status of coefficients min(Ss, 1) ..= max(Se, 9) before the scan.
+        for k in scan.ss.min(1)..SMOOTHED_COEFS {
+            c.coef_bits_before_scan[k] = if earlier_scans { c.coef_bits[k] } else { 0 };
+        }
+        for k in scan.ss..=scan.se.min(SMOOTHED_COEFS - 1) {
+            c.coef_bits[k] = scan.al as i32;
+        }
+    }
 }
 
 /// libjpeg's checks of a DAC segment (arithmetic-coding conditioning), harmless in a
@@ -830,6 +856,8 @@ fn parse_frame(seg: &[u8], progressive: bool) -> Result<Frame> {
             bh_data: 0,
             coefs: Vec::new(),
             quant: None,
+            coef_bits: [-1; SMOOTHED_COEFS],
+            coef_bits_before_scan: [0; SMOOTHED_COEFS],
         });
     }
     let hmax = comps.iter().map(|c| c.h).max().unwrap_or(1);
@@ -848,6 +876,7 @@ fn parse_frame(seg: &[u8], progressive: bool) -> Result<Frame> {
         mcus_x: width.div_ceil(8 * hmax),
         mcus_y: height.div_ceil(8 * vmax),
         comps,
+        last_good_imcu_row: 0,
     })
 }
 
@@ -1348,8 +1377,13 @@ fn decode_scan(
     };
     let mut to_go = restart_interval;
     let mut expected_rst = 0u8;
-    // libjpeg's `process_restart`, then whether this MCU is decoded at all.
-    let mut begin_mcu = |bits: &mut Bits, st: &mut ScanState| -> Result<bool> {
+    let mut last_good = f.last_good_imcu_row;
+    // libjpeg notes the row of an MCU begun with data in hand, processes a restart, then
+    // decodes the MCU unless the data has run out.
+    let mut begin_mcu = |bits: &mut Bits, st: &mut ScanState, imcu_row: usize| -> Result<bool> {
+        if !bits.insufficient {
+            last_good = imcu_row;
+        }
         if restart_interval > 0 {
             if to_go == 0 {
                 read_restart_marker(bits, expected_rst)?;
@@ -1365,9 +1399,10 @@ fn decode_scan(
     if scan.comps.len() == 1 {
         let c = &f.comps[scan.comps[0].index];
         let (w, h) = (c.bw_data, c.bh_data);
+        let v = c.v;
         for by in 0..h {
             for bx in 0..w {
-                if begin_mcu(&mut bits, &mut st)? {
+                if begin_mcu(&mut bits, &mut st, by / v)? {
                     decode_block(&mut bits, f, &ctx, 0, (bx, by), &mut st)?;
                 }
             }
@@ -1375,7 +1410,7 @@ fn decode_scan(
     } else {
         for my in 0..f.mcus_y {
             for mx in 0..f.mcus_x {
-                if !begin_mcu(&mut bits, &mut st)? {
+                if !begin_mcu(&mut bits, &mut st, my)? {
                     continue;
                 }
                 for which in 0..scan.comps.len() {
@@ -1391,6 +1426,7 @@ fn decode_scan(
             }
         }
     }
+    f.last_good_imcu_row = last_good;
     Ok(bits.pos)
 }
 
@@ -1527,18 +1563,218 @@ impl Plane {
     }
 }
 
-fn idct_component(c: &Component, w: usize, h: usize) -> Plane {
+fn idct_component(c: &Component, w: usize, h: usize, smoothing: Option<&Smoothing>) -> Plane {
     let stride = c.bw * 8;
     let mut px = vec![0u8; stride * c.bh * 8];
     let quant = c.quant.unwrap_or([0; 64]);
     for by in 0..c.bh {
+        let rows = smoothing.and_then(|s| s.neighbour_rows(c, by).map(|r| (s, r)));
         for bx in 0..c.bw {
             let at = (by * c.bw + bx) * 64;
             let out = &mut px[by * 8 * stride + bx * 8..];
-            idct_block(&c.coefs[at..at + 64], &quant, out, stride);
+            match rows {
+                Some((s, rows)) => {
+                    let bits = s.coef_bits(c, by / c.v);
+                    let block = smoothed_block(c, bx, rows, bits, &quant);
+                    idct_block(&block, &quant, out, stride);
+                }
+                None => idct_block(&c.coefs[at..at + 64], &quant, out, stride),
+            }
         }
     }
     Plane { w, h, stride, px }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block smoothing
+
+/// Block smoothing (libjpeg's `decompress_smooth_data`) looks at the DC and first nine AC
+/// coefficients in zigzag order.
+const SMOOTHED_COEFS: usize = 10;
+
+/// Weights of a 5×5 neighbourhood of DC values, rows top to bottom, columns left to right.
+type Kernel = [[i32; 5]; 5];
+
+const fn transposed(k: Kernel) -> Kernel {
+    let mut t = [[0; 5]; 5];
+    let mut r = 0;
+    while r < 5 {
+        let mut c = 0;
+        while c < 5 {
+            t[c][r] = k[r][c];
+            c += 1;
+        }
+        r += 1;
+    }
+    t
+}
+
+const Z: [i32; 5] = [0; 5];
+
+/// Estimates of zigzag coefficients 1 to 5 once some AC data has arrived (the JPEG standard's
+/// K.8 prediction, widened to 5×5 by libjpeg-turbo).
+const K8_01: Kernel = [Z, Z, [-7, 50, 0, -50, 7], Z, Z];
+const K8_02: Kernel = [Z, Z, [-1, 13, -24, 13, -1], Z, Z];
+const K8_11: Kernel = [
+    [0, -1, 0, 1, 0],
+    [-1, 10, 0, -10, 1],
+    Z,
+    [1, -10, 0, 10, -1],
+    [0, 1, 0, -1, 0],
+];
+const WITH_AC_KERNELS: [Kernel; 5] = [K8_01, transposed(K8_01), transposed(K8_02), K8_11, K8_02];
+
+/// Estimates of zigzag coefficients 1 to 9 when only DC data has arrived (a smoother,
+/// Gaussian-like kernel), and of the DC itself, which is then replaced.
+const DC_01: Kernel = [
+    [-1, -1, 0, 1, 1],
+    [-3, 13, 0, -13, 3],
+    [-3, 38, 0, -38, 3],
+    [-3, 13, 0, -13, 3],
+    [-1, -1, 0, 1, 1],
+];
+const DC_02: Kernel = [Z, [0, 2, -5, 2, 0], [1, 7, -14, 7, 1], [0, 2, -5, 2, 0], Z];
+const DC_11: Kernel = [
+    [-1, 0, 0, 0, 1],
+    [0, 9, 0, -9, 0],
+    Z,
+    [0, -9, 0, 9, 0],
+    [1, 0, 0, 0, -1],
+];
+const DC_03: Kernel = [Z, [0, 1, 0, -1, 0], [0, 2, 0, -2, 0], [0, 1, 0, -1, 0], Z];
+const DC_12: Kernel = [Z, [0, 1, -3, 1, 0], Z, [0, -1, 3, -1, 0], Z];
+const DC_ONLY_KERNELS: [Kernel; 9] = [
+    DC_01,
+    transposed(DC_01),
+    transposed(DC_02),
+    DC_11,
+    DC_02,
+    DC_03,
+    DC_12,
+    transposed(DC_12),
+    transposed(DC_03),
+];
+const DC_ITSELF: Kernel = [
+    [-2, -6, -8, -6, -2],
+    [-6, 6, 42, 6, -6],
+    [-8, 42, 152, 42, -8],
+    [-6, 6, 42, 6, -6],
+    [-2, -6, -8, -6, -2],
+];
+
+/// What block smoothing needs beyond the coefficients.
+struct Smoothing {
+    imcu_rows: usize,
+    last_good_imcu_row: usize,
+    several_scans: bool,
+}
+
+impl Smoothing {
+    /// libjpeg's `smoothing_ok`: a progressive image whose components all have DC data and
+    /// quantisers without zeros among the first ten, and some coefficient among the first
+    /// ten not known exactly.
+    fn for_frame(f: &Frame, scans: usize) -> Option<Self> {
+        let usable = |c: &Component| {
+            let q = c.quant.unwrap_or([0; 64]);
+            c.coef_bits[0] >= 0 && ZIGZAG[..SMOOTHED_COEFS].iter().all(|&n| q[n] != 0)
+        };
+        let useful = |c: &Component| c.coef_bits[1..].iter().any(|&b| b != 0);
+        let applies = f.progressive && f.comps.iter().all(usable) && f.comps.iter().any(useful);
+        applies.then_some(Self {
+            imcu_rows: f.mcus_y,
+            last_good_imcu_row: f.last_good_imcu_row,
+            several_scans: scans > 1,
+        })
+    }
+
+    /// The progression status for an iMCU row: rows after the data ran out in the last scan
+    /// use the status from before that scan.
+    fn coef_bits(&self, c: &Component, imcu_row: usize) -> [i32; SMOOTHED_COEFS] {
+        if imcu_row <= self.last_good_imcu_row {
+            c.coef_bits
+        } else if self.several_scans {
+            c.coef_bits_before_scan
+        } else {
+            [-1; SMOOTHED_COEFS]
+        }
+    }
+
+    /// The block rows two above to two below block row `by`, repeating the nearest one at the
+    /// image edges as libjpeg does; `None` for the padding rows libjpeg does not output.
+    /// libjpeg numbers the rows of a short last iMCU row as if every iMCU row were that
+    /// short, which decides where the edge is; that numbering is kept.
+    fn neighbour_rows(&self, c: &Component, by: usize) -> Option<[usize; 5]> {
+        let (imcu_row, r) = (by / c.v, by % c.v);
+        let last = imcu_row + 1 == self.imcu_rows;
+        let rows_here = match c.bh_data % c.v {
+            m if last && m != 0 => m,
+            _ => c.v,
+        };
+        if r >= rows_here {
+            return None;
+        }
+        let p = imcu_row * rows_here + r;
+        let end = rows_here * self.imcu_rows;
+        let above = if p > 0 { by - 1 } else { by };
+        let below = if p + 1 < end { by + 1 } else { by };
+        Some([
+            if p > 1 { by - 2 } else { above },
+            above,
+            by,
+            below,
+            if p + 2 < end { by + 2 } else { below },
+        ])
+    }
+}
+
+/// A copy of block (`bx`, `rows[2]`) with the zero coefficients that are not known exactly
+/// estimated from the DC values around it.
+fn smoothed_block(
+    c: &Component,
+    bx: usize,
+    rows: [usize; 5],
+    bits: [i32; SMOOTHED_COEFS],
+    quant: &[u16; 64],
+) -> [i16; 64] {
+    let at = (rows[2] * c.bw + bx) * 64;
+    let mut block: [i16; 64] = c.coefs[at..at + 64].try_into().expect("64 coefficients");
+    let last_column = c.bw_data - 1;
+    let columns: [usize; 5] = std::array::from_fn(|i| (bx + i).saturating_sub(2).min(last_column));
+    let dc: [[i32; 5]; 5] = std::array::from_fn(|r| {
+        std::array::from_fn(|i| i32::from(c.coefs[(rows[r] * c.bw + columns[i]) * 64]))
+    });
+    let weigh = |k: &Kernel| -> i64 {
+        let sum: i32 = (0..25).map(|i| k[i / 5][i % 5] * dc[i / 5][i % 5]).sum();
+        i64::from(quant[0]) * i64::from(sum)
+    };
+    let dc_only = bits[1..].iter().all(|&b| b == -1);
+    let kernels: &[Kernel] = if dc_only {
+        &DC_ONLY_KERNELS
+    } else {
+        &WITH_AC_KERNELS
+    };
+    for (k, kernel) in (1..).zip(kernels) {
+        let n = ZIGZAG[k];
+        if bits[k] != 0 && block[n] == 0 {
+            block[n] = estimate(weigh(kernel), quant[n], bits[k]);
+        }
+    }
+    if dc_only {
+        block[0] = estimate(weigh(&DC_ITSELF), quant[0], 0);
+    }
+    block
+}
+
+/// `num / (q << 8)` rounded, in magnitude limited to what the `missing_bits` still unknown could
+/// hold, as libjpeg computes it.
+fn estimate(num: i64, q: u16, missing_bits: i32) -> i16 {
+    let q = i64::from(q);
+    let mut magnitude = ((q << 7) + num.abs()) / (q << 8);
+    if missing_bits > 0 {
+        magnitude = magnitude.min((1 << missing_bits) - 1);
+    }
+    let value = if num < 0 { -magnitude } else { magnitude };
+    value as i32 as i16
 }
 
 /// Upsamples a plane to full resolution (`width` × `height`) with libjpeg-turbo's choices:
@@ -1692,15 +1928,16 @@ fn colour_space(f: &Frame, m: &Markers) -> Space {
     }
 }
 
-fn finish(f: Frame, m: &Markers) -> Result<Decoded> {
+fn finish(f: Frame, m: &Markers, scans: usize) -> Result<Decoded> {
     let (w, h) = (f.width, f.height);
+    let smoothing = Smoothing::for_frame(&f, scans);
     let planes: Vec<Vec<u8>> = f
         .comps
         .iter()
         .map(|c| {
             let pw = (w * c.h).div_ceil(f.hmax);
             let ph = (h * c.v).div_ceil(f.vmax);
-            let plane = idct_component(c, pw, ph);
+            let plane = idct_component(c, pw, ph, smoothing.as_ref());
             upsample(&plane, f.hmax / c.h, f.vmax / c.v, w, h)
         })
         .collect();
