@@ -16,21 +16,6 @@ use sha2::{Digest, Sha256};
 /// Cases that differ from Pillow today, by reason.
 const KNOWN_DIVERGENCES: &[(&str, &[&str])] = &[
     (
-        "progressive JPEG with restart markers, a header byte changed: block smoothing \
-         applies but the pixels still differ, cause not yet found",
-        &["jpegprogrst_010.bin"],
-    ),
-    (
-        "sequential JPEG with corrupt tables or data: pixels differ, cause not yet found",
-        &[
-            "jpeg420_009.bin",
-            "jpeg422_011.bin",
-            "jpeg422_012.bin",
-            "jpeggrey_063.bin",
-            "jpegcmyk_013.bin",
-        ],
-    ),
-    (
         "TIFF whose corrupt strip table asks more memory than the decoder's limit allows",
         &["tiffraw_010.bin"],
     ),
