@@ -14,12 +14,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// Cases that differ from Pillow today, by reason.
-const KNOWN_DIVERGENCES: &[(&str, &[&str])] = &[
-    (
-        "TIFF whose corrupt strip table asks more memory than the decoder's limit allows",
-        &["tiffraw_010.bin"],
-    ),
-];
+const KNOWN_DIVERGENCES: &[(&str, &[&str])] = &[];
 
 fn known_divergence(file: &str) -> bool {
     KNOWN_DIVERGENCES
