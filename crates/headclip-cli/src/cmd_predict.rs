@@ -231,6 +231,7 @@ pub fn run(args: PredictArgs) -> Result<i32> {
     }
     let detector = load_detector(&args.model)?.with_limits(DecodeLimits {
         max_pixels: args.max_pixels,
+        ..DecodeLimits::default()
     });
     let progress = ProgressBar::new(inputs.len() as u64);
     progress.set_style(

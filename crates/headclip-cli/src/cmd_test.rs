@@ -173,6 +173,7 @@ impl Plan {
             aupro: args.aupro.into(),
             limits: DecodeLimits {
                 max_pixels: args.max_pixels,
+                ..DecodeLimits::default()
             },
             batch_size: args.batch_size,
             decode_threads,

@@ -169,6 +169,7 @@ pub fn run(cfg: Config, model: ModelArgs) -> Result<i32> {
     };
     let limits = DecodeLimits {
         max_pixels: cfg.max_pixels,
+        ..DecodeLimits::default()
     };
     let (ready, submit, worker) = worker::start(model, limits, batch, metrics.clone())?;
 

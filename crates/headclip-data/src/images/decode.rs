@@ -1,17 +1,21 @@
 //! Format sniffing, header-only size checks, and decoding to PIL's `RGB` or `L` pixels.
 //!
-//! JPEG goes through [`super::jpeg`] (libjpeg-turbo's arithmetic); the other formats through the
-//! `image` crate, whose lossless decoders give the same samples as PIL. The conversions then
+//! JPEG goes through [`super::jpeg`] (libjpeg-turbo's arithmetic), PNG through [`super::png`]
+//! (the `png` crate with PIL's checksum rules); the other formats through the `image` crate,
+//! whose lossless decoders give the same samples as PIL, after a check of the WebP container
+//! that PIL's libwebp makes. The conversions then
 //! follow PIL's `convert("RGB")` and `convert("L")`, except that 16-bit grey keeps its high byte
 //! where PIL saturates at 255 (the spec asks for scaling, and PIL's other 16-bit modes do the
 //! same).
 
+use std::borrow::Cow;
 use std::io::Cursor;
 
 use image::{DynamicImage, ImageError, ImageFormat as ImgFormat, ImageReader};
 
 use super::jpeg::{self, JpegError, Samples};
-use super::{DataError, DecodeLimits, ImageFormat, RgbImage};
+use super::png;
+use super::{DataError, DecodeCost, DecodeLimits, ImageFormat, RgbImage};
 
 /// Recognises an image format from its magic bytes.
 pub(crate) fn sniff(bytes: &[u8]) -> Option<ImageFormat> {
@@ -159,7 +163,7 @@ pub(crate) fn dimensions(bytes: &[u8]) -> Result<(ImageFormat, u32, u32), DataEr
         ImageFormat::Jpeg => {
             jpeg::dimensions(bytes).map_err(|e| from_jpeg_error(e, &DecodeLimits::default()))?
         }
-        _ => ImageReader::with_format(Cursor::new(bytes), image_crate_format(format))
+        _ => image_crate_reader(bytes, format)
             .into_dimensions()
             .map_err(|e| from_image_error(format, e))?,
     };
@@ -178,30 +182,186 @@ enum Raw {
     Other(DynamicImage),
 }
 
-fn decode_raw(bytes: &[u8], limits: &DecodeLimits) -> Result<Raw, DataError> {
-    let (format, w, h) = dimensions(bytes)?;
-    if u64::from(w) * u64::from(h) > limits.max_pixels {
+/// PIL's WebP reader (libwebp's demuxer) refuses a file whose RIFF size or chunk sizes run
+/// past the data, which the `image` crate's decoder accepts when the image data is complete.
+fn check_webp_container(bytes: &[u8]) -> Result<(), DataError> {
+    let webp = |detail: &str| DataError::Corrupt {
+        format: ImageFormat::WebP,
+        detail: detail.into(),
+    };
+    let le32 = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let riff_end = 8 + le32(4);
+    if riff_end > bytes.len() {
+        return Err(DataError::Truncated {
+            format: ImageFormat::WebP,
+            detail: format!("RIFF size says {riff_end} bytes, the file has {}", bytes.len()),
+        });
+    }
+    let mut pos = 12;
+    while pos + 8 <= riff_end {
+        let padded = le32(pos + 4).saturating_add(1) & !1;
+        if padded > riff_end - pos - 8 {
+            return Err(webp("a WebP chunk runs past the end of its RIFF container"));
+        }
+        pos += 8 + padded;
+    }
+    if pos != riff_end {
+        return Err(webp("WebP RIFF container ends inside a chunk header"));
+    }
+    Ok(())
+}
+
+/// The cost of decoding, checked against the limits; see [`super::decode_cost`].
+pub(crate) fn decode_cost(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodeCost, DataError> {
+    let (format, width, height) = dimensions(bytes)?;
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_pixels {
         return Err(DataError::TooLarge {
-            width: w,
-            height: h,
+            width,
+            height,
             max_pixels: limits.max_pixels,
         });
     }
+    let (scans, block_scans) = if format == ImageFormat::Jpeg {
+        let c = jpeg::cost(bytes).map_err(|e| from_jpeg_error(e, limits))?;
+        (c.scans, c.block_scans)
+    } else {
+        (1, pixels.div_ceil(64))
+    };
+    if scans > limits.max_scans {
+        return Err(DataError::TooMuchWork {
+            what: "JPEG scans",
+            limit: "max_scans",
+            needed: u64::from(scans),
+            max: u64::from(limits.max_scans),
+        });
+    }
+    if format == ImageFormat::Jpeg && block_scans > limits.max_block_scans {
+        return Err(DataError::TooMuchWork {
+            what: "8×8 block visits (blocks × scans)",
+            limit: "max_block_scans",
+            needed: block_scans,
+            max: limits.max_block_scans,
+        });
+    }
+    Ok(DecodeCost {
+        format,
+        width,
+        height,
+        scans,
+        block_scans,
+    })
+}
+
+fn decode_raw(bytes: &[u8], limits: &DecodeLimits) -> Result<Raw, DataError> {
+    let DecodeCost { format, .. } = decode_cost(bytes, limits)?;
     if format == ImageFormat::Jpeg {
         return jpeg::decode(bytes, limits.max_pixels)
             .map(Raw::Jpeg)
             .map_err(|e| from_jpeg_error(e, limits));
     }
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), image_crate_format(format));
-    let mut l = image::Limits::no_limits();
     // 8 bytes per pixel covers RGBA16, the widest layout these formats decode to.
-    l.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(1 << 24));
+    let max_alloc = limits.max_pixels.saturating_mul(8).saturating_add(1 << 24);
+    match format {
+        ImageFormat::Png => return png::decode(bytes, max_alloc).map(Raw::Other),
+        ImageFormat::WebP => check_webp_container(bytes)?,
+        _ => {}
+    }
+    let mut reader = image_crate_reader(bytes, format);
+    let mut l = image::Limits::no_limits();
+    l.max_alloc = Some(max_alloc);
     reader.limits(l);
     let img = reader.decode().map_err(|e| from_image_error(format, e))?;
     Ok(Raw::Other(img))
 }
 
 /// PIL's CMYK→RGB on libjpeg's Adobe-inverted CMYK (PIL reads it as `CMYK;I`).
+/// The `image` crate's reader over the file as PIL reads it.
+fn image_crate_reader(bytes: &[u8], format: ImageFormat) -> ImageReader<Cursor<Cow<'_, [u8]>>> {
+    let as_pil_reads = match format {
+        ImageFormat::Tiff => tiff_without_tags_pil_skips(bytes).map(Cow::Owned),
+        _ => None,
+    };
+    let data = as_pil_reads.unwrap_or(Cow::Borrowed(bytes));
+    ImageReader::with_format(Cursor::new(data), image_crate_format(format))
+}
+
+/// Bytes per value of each TIFF field type PIL reads; it skips entries of other types.
+fn tiff_type_size(field_type: u16) -> Option<u64> {
+    match field_type {
+        1 | 2 | 6 | 7 => Some(1),
+        3 | 8 => Some(2),
+        4 | 9 | 11 | 13 => Some(4),
+        5 | 10 | 12 => Some(8),
+        _ => None,
+    }
+}
+
+/// PIL skips a first-IFD entry whose values it cannot read: an unknown type, values stored
+/// past the end of the file, or out-of-line values that together exceed the file's length. The
+/// `tiff` crate instead fails on such an entry (or tries to allocate what it claims), so the
+/// entries PIL skips are renamed to an unused private tag. `None` when there are none.
+fn tiff_without_tags_pil_skips(bytes: &[u8]) -> Option<Vec<u8>> {
+    let big_endian = match bytes.get(..4)? {
+        b"II*\0" => false,
+        b"MM\0*" => true,
+        _ => return None,
+    };
+    let u16_at = |at: usize| -> Option<u16> {
+        let b: [u8; 2] = bytes.get(at..at + 2)?.try_into().ok()?;
+        Some(if big_endian {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        })
+    };
+    let u32_at = |at: usize| -> Option<u32> {
+        let b: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+        Some(if big_endian {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        })
+    };
+    let ifd = u32_at(4)? as usize;
+    let len = bytes.len() as u64;
+    let mut out_of_line = 0u64;
+    let mut skipped = Vec::new();
+    for i in 0..usize::from(u16_at(ifd)?) {
+        let entry = ifd + 2 + 12 * i;
+        let (Some(field_type), Some(count), Some(offset)) =
+            (u16_at(entry + 2), u32_at(entry + 4), u32_at(entry + 8))
+        else {
+            break;
+        };
+        let Some(unit) = tiff_type_size(field_type) else {
+            skipped.push(entry);
+            continue;
+        };
+        let size = unit * u64::from(count);
+        if size > 4 {
+            out_of_line += size;
+            if out_of_line > len || u64::from(offset) + size > len {
+                skipped.push(entry);
+            }
+        }
+    }
+    if skipped.is_empty() {
+        return None;
+    }
+    let mut out = bytes.to_vec();
+    for entry in skipped {
+        // 65000 lies in the private range no decoder interprets.
+        let unused = if big_endian {
+            65000u16.to_be_bytes()
+        } else {
+            65000u16.to_le_bytes()
+        };
+        out[entry..entry + 2].copy_from_slice(&unused);
+    }
+    Some(out)
+}
+
 fn cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
     let muldiv255 = |a: u32, b: u32| {
         let t = a * b + 128;
