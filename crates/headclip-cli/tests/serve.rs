@@ -1311,6 +1311,44 @@ fn a_request_that_timed_out_does_not_leave_its_decode_running() {
     );
 }
 
+/// A progressive grey JPEG of a few kilobytes declaring 8192×8192 pixels and `scans` AC scans
+/// of one byte each: without a bound, each scan walks every block (about half a second).
+fn hostile_jpeg(scans: usize) -> Vec<u8> {
+    let mut d = vec![0xFF, 0xD8, 0xFF, 0xDB, 0x00, 0x43, 0x00];
+    d.extend([1u8; 64]);
+    d.extend([0xFF, 0xC2, 0x00, 0x0B, 0x08, 0x20, 0x00, 0x20, 0x00]);
+    d.extend([0x01, 0x01, 0x11, 0x00]);
+    d.extend([0xFF, 0xC4, 0x00, 0x14, 0x10, 1]);
+    d.extend([0u8; 15]);
+    d.push(0x00);
+    for _ in 0..scans {
+        d.extend([0xFF, 0xDA, 0x00, 0x08, 0x01, 0x01, 0x00, 0x01, 0x01, 0x00, 0x00]);
+    }
+    d.extend([0xFF, 0xD9]);
+    d
+}
+
+#[test]
+fn a_hostile_jpeg_is_refused_from_its_markers_while_honest_images_are_scored() {
+    let server = Server::start(&[]);
+    let url = server.url("/v1/detect?overlay=none");
+    let honest = synthetic(320, 240, image::ImageFormat::Jpeg);
+    for scans in [2000, 40] {
+        let started = Instant::now();
+        let (status, _, body) = post(&url, Some("image/jpeg"), &hostile_jpeg(scans), None);
+        let seconds = started.elapsed().as_secs_f64();
+        assert_eq!(status, 413, "{scans} scans: {body}");
+        assert!(body.contains("scans"), "{body}");
+        // Refused from the markers: no block was decoded (one scan takes about half a second).
+        assert!(seconds < 5.0, "{scans} scans refused after {seconds:.1} s");
+        assert_eq!(post(&url, Some("image/jpeg"), &honest, None).0, 200);
+    }
+    assert_eq!(
+        server.metric("headclip_decodes_refused_total{reason=\"limits\"}"),
+        2.0
+    );
+}
+
 /// Large honest images beyond what the decoders can take, with small ones alongside:
 /// `cargo test --release -p headclip-cli --test serve -- --ignored large_images --nocapture`.
 #[test]

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use headclip_data::images::{
-    decode_rgb, image_dimensions, DataError, DecodeLimits, ImageFormat, ImageSource, PreparedImage,
+    decode_cost, decode_rgb, DataError, DecodeLimits, ImageFormat, ImageSource, PreparedImage,
     Preprocessor,
 };
 
@@ -24,21 +24,14 @@ pub struct Estimate {
     pub cost: u64,
 }
 
-/// Reads the header and prices the decode, refusing images over `limits` before any work.
-/// The one place where a finer measure of decode work can replace the pixel count.
+/// Reads the header (and a JPEG's markers) and prices the decode, refusing images over any of
+/// `limits` (pixels, scans, block visits) before any work. The budget counts pixels, what a
+/// decoded image holds; the work per pixel is bounded by `limits`.
 pub fn estimate(bytes: &[u8], limits: &DecodeLimits) -> Result<Estimate, DataError> {
-    let (format, width, height) = image_dimensions(bytes)?;
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels > limits.max_pixels {
-        return Err(DataError::TooLarge {
-            width,
-            height,
-            max_pixels: limits.max_pixels,
-        });
-    }
+    let cost = decode_cost(bytes, limits)?;
     Ok(Estimate {
-        format,
-        cost: pixels,
+        format: cost.format,
+        cost: u64::from(cost.width) * u64::from(cost.height),
     })
 }
 

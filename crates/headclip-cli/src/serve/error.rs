@@ -69,12 +69,15 @@ impl ApiError {
         self
     }
 
-    /// A decoding failure: 400 for an empty body, 413 for an image over `--max-pixels`, 422 for
-    /// bytes that are not a supported image or are corrupt, truncated or an unsupported variant.
+    /// A decoding failure: 400 for an empty body, 413 for an image over `--max-pixels` or asking
+    /// more decode work than the limits allow (a JPEG's scans), 422 for bytes that are not a
+    /// supported image or are corrupt, truncated or an unsupported variant.
     pub fn from_data(e: &DataError) -> Self {
         let status = match e {
             DataError::Empty => StatusCode::BAD_REQUEST,
-            DataError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            DataError::TooLarge { .. } | DataError::TooMuchWork { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
         let message = match e {
