@@ -153,7 +153,15 @@ pub fn run(settings: &Settings) -> anyhow::Result<Summary> {
     install_panic_capture();
     std::thread::Builder::new()
         .name(WORKER_NAME.into())
-        .spawn(move || work(&worker_settings, &tx))?;
+        .spawn(move || {
+            // A panic outside an input is the harness's own bug: reported, never silent.
+            if panic::catch_unwind(AssertUnwindSafe(|| work(&worker_settings, &tx))).is_err() {
+                let _ = tx.send(Event::SetupFailed(format!(
+                    "the harness panicked: {}",
+                    take_panic_message()
+                )));
+            }
+        })?;
     watch(settings, &rx, &mut summary);
     summary.seconds = started.elapsed().as_secs_f64();
     summary.peak_resident = summary.peak_resident.max(memory::rusage().2);

@@ -20,6 +20,9 @@ pub fn mutate(rng: &mut Rng, data: &mut Vec<u8>, partner: &[u8]) {
         return super::bytes(rng, data, partner);
     }
     for _ in 0..super::edit_count(rng) {
+        if chunks.is_empty() {
+            break;
+        }
         match rng.u32(0..8) {
             0 | 1 => edit_chunk_data(rng, &mut chunks, partner),
             2 => edit_header(rng, &mut chunks),
@@ -177,5 +180,15 @@ mod tests {
             decoded += usize::from(image::load_from_memory(&d).is_ok());
         }
         assert!(decoded > 20, "{decoded} of 200 mutated PNGs decode");
+    }
+
+    #[test]
+    fn a_file_losing_its_last_chunk_is_still_mutated() {
+        let one_chunk = encode(&[(*b"IEND", Vec::new())]);
+        let mut rng = Rng::with_seed(9);
+        for _ in 0..2000 {
+            let mut d = one_chunk.clone();
+            mutate(&mut rng, &mut d, &[]);
+        }
     }
 }
