@@ -26,11 +26,16 @@ pub fn mutate(rng: &mut Rng, doc: &mut Value) {
     }
 }
 
-/// Every node's path from the root, as object keys and array indices (the root is `[]`).
+/// Paths listed at most: a grown document has millions of nodes, and listing them all would
+/// cost the harness more than the input costs the code under test.
+const MAX_PATHS: usize = 20_000;
+
+/// Nodes' paths from the root, breadth first (so shallow nodes are always there), as object keys
+/// and array indices (the root is `[]`); at most [`MAX_PATHS`].
 fn paths(doc: &Value) -> Vec<Vec<Step>> {
     let mut out = vec![Vec::new()];
     let mut i = 0;
-    while i < out.len() {
+    while i < out.len() && out.len() < MAX_PATHS {
         let path = out[i].clone();
         match node_at_ref(doc, &path) {
             Value::Object(m) => out.extend(m.keys().map(|k| push(&path, Step::Key(k.clone())))),
@@ -165,7 +170,12 @@ fn add_child(rng: &mut Rng, node: &mut Value) {
 /// A big version of the value: a long array, a long string, or a deep nest.
 fn grown(rng: &mut Rng, node: Value) -> Value {
     match rng.u32(0..3) {
-        0 => Value::Array(vec![node; rng.usize(1..=2_000)]),
+        0 => {
+            // About a megabyte at most, however big the repeated value.
+            let size = serde_json::to_string(&node).map_or(1, |t| t.len() + 1);
+            let copies = rng.usize(1..=2_000).min(1_000_000 / size).max(1);
+            Value::Array(vec![node; copies])
+        }
         1 => Value::String("x".repeat(rng.usize(1..=100_000))),
         _ => {
             let mut v = node;
