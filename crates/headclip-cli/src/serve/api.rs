@@ -299,7 +299,7 @@ async fn detect_form(
         let field = timeout_at(deadline, form.next_field())
             .await
             .map_err(|_| body_timeout())?
-            .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+            .map_err(ApiError::from_form)?;
         let Some(field) = field else { break };
         parts += 1;
         if parts > max_images + 16 {
@@ -322,7 +322,7 @@ async fn detect_form(
                 let bytes = timeout_at(deadline, field.bytes())
                     .await
                     .map_err(|_| body_timeout())?
-                    .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+                    .map_err(ApiError::from_form)?;
                 let what = describe(index, file_name.as_deref());
                 if bytes.is_empty() {
                     return Err(ApiError::bad_request("empty image part").context(&what));
@@ -344,7 +344,7 @@ async fn detect_form(
                 let text = timeout_at(deadline, field.text())
                     .await
                     .map_err(|_| body_timeout())?
-                    .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+                    .map_err(ApiError::from_form)?;
                 if name == "threshold" {
                     params.threshold = parse_threshold(&text)?;
                 } else if !names.is_empty() {

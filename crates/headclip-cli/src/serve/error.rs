@@ -63,6 +63,19 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
 
+    /// A form that could not be read. The body is the client's: when it ends before the form
+    /// does (an upload cut short), axum says 500, but the fault is the request's, so 400.
+    pub fn from_form(e: axum::extract::multipart::MultipartError) -> Self {
+        let status = e.status();
+        if status.is_server_error() {
+            return Self::bad_request(format!(
+                "the form could not be read to its end ({}); was the upload cut short?",
+                e.body_text()
+            ));
+        }
+        Self::new(status, e.body_text())
+    }
+
     /// Prefixes the message, e.g. with which image of several failed.
     pub fn context(mut self, what: &str) -> Self {
         self.message = format!("{what}: {}", self.message);

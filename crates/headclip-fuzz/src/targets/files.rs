@@ -1,0 +1,174 @@
+//! Files headclip reads through a path: learned parameters with their `headclip.config`,
+//! training states, and CLIP checkpoints as safetensors. Seeds are the tiny fixture model's
+//! files (and a training state written from it); each input is read by the public loader.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use fastrand::Rng;
+use headclip::clip::{load_state_dict, Clip, ClipConfig};
+use headclip::model::{HeadClipConfig, HeadClipParams};
+use headclip::train::{TrainOptions, Trainer};
+use tch::Device;
+
+use super::{error_kind, Context, Input, Outcome, Seed, Target};
+use crate::mutate;
+
+type Mutation = fn(&mut Rng, &mut Vec<u8>, &[u8]);
+type Loader = Box<dyn FnMut(&Path) -> Result<(), String>>;
+
+/// A file read by path: seeds, a mutation and the loader under test.
+pub struct FileTarget {
+    name: &'static str,
+    seeds: Vec<Seed>,
+    mutation: Mutation,
+    load: Loader,
+}
+
+impl FileTarget {
+    pub fn new(name: &'static str, seeds: Vec<Seed>, mutation: Mutation, load: Loader) -> Self {
+        Self {
+            name,
+            seeds,
+            mutation,
+            load,
+        }
+    }
+}
+
+impl Target for FileTarget {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn seeds(&self) -> &[Seed] {
+        &self.seeds
+    }
+
+    fn mutate(&self, rng: &mut Rng, input: &mut Vec<u8>, partner: &[u8]) {
+        (self.mutation)(rng, input, partner);
+    }
+
+    fn run(&mut self, input: &Input) -> Outcome {
+        match (self.load)(input.path) {
+            Ok(()) => Outcome::Accepted,
+            Err(message) => Outcome::Refused(error_kind(&message)),
+        }
+    }
+
+    fn allocates_natively(&self) -> bool {
+        true
+    }
+}
+
+/// Mostly structure-aware edits of a safetensors file; a fifth format-blind.
+fn safetensors_mutation(rng: &mut Rng, input: &mut Vec<u8>, partner: &[u8]) {
+    if rng.u32(0..5) == 0 {
+        mutate::bytes(rng, input, partner);
+    } else {
+        mutate::safetensors::mutate(rng, input, partner);
+    }
+}
+
+/// `HeadClipParams::load` against the tiny CLIP, seeded with the fixture's four variants.
+pub fn params_target(ctx: &Context) -> anyhow::Result<Box<dyn Target>> {
+    let clip = tiny_clip_config(ctx)?;
+    let seeds = fixture_seeds(
+        ctx,
+        &[
+            "params_learned",
+            "params_dynamic",
+            "params_both",
+            "params_identity",
+        ],
+    )?;
+    let load = move |path: &Path| {
+        HeadClipParams::load(path, &clip)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    Ok(Box::new(FileTarget::new(
+        "params",
+        seeds,
+        safetensors_mutation,
+        Box::new(load),
+    )))
+}
+
+/// `Trainer::resume` with the tiny CLIP, seeded with fresh states (static and dynamic head
+/// weights) written by `Trainer::save_state`.
+pub fn state_target(ctx: &Context) -> anyhow::Result<Box<dyn Target>> {
+    let clip = tiny_clip(ctx)?;
+    let mut seeds = Vec::new();
+    for dynamic in [false, true] {
+        let config = HeadClipConfig {
+            lhw_dynamic: dynamic,
+            ..HeadClipConfig::default()
+        };
+        let options = TrainOptions {
+            epochs: 2,
+            batch_size: 2,
+            ..TrainOptions::default()
+        };
+        let trainer = Trainer::new(&clip, config, options, 2)?;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("state.safetensors");
+        trainer.save_state(&path)?;
+        seeds.push(Seed {
+            name: format!("state_dynamic_{dynamic}"),
+            bytes: std::fs::read(&path)?,
+        });
+    }
+    let load = move |path: &Path| {
+        Trainer::resume(&clip, path)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    Ok(Box::new(FileTarget::new(
+        "state",
+        seeds,
+        safetensors_mutation,
+        Box::new(load),
+    )))
+}
+
+/// `load_state_dict` then `Clip::from_state_dict`: OpenAI and Hugging Face key layouts.
+pub fn checkpoint_target(ctx: &Context) -> anyhow::Result<Box<dyn Target>> {
+    let seeds = fixture_seeds(ctx, &["clip_openai", "clip_hf"])?;
+    let load = |path: &Path| {
+        let state = load_state_dict(path).map_err(|e| e.to_string())?;
+        Clip::from_state_dict(&state, Device::Cpu)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    Ok(Box::new(FileTarget::new(
+        "checkpoint",
+        seeds,
+        safetensors_mutation,
+        Box::new(load),
+    )))
+}
+
+fn fixture_seeds(ctx: &Context, stems: &[&str]) -> anyhow::Result<Vec<Seed>> {
+    stems
+        .iter()
+        .map(|stem| {
+            let path = ctx.tiny.join(format!("{stem}.safetensors"));
+            let bytes = std::fs::read(&path).with_context(|| format!("seed {}", path.display()))?;
+            Ok(Seed {
+                name: format!("{stem}.safetensors"),
+                bytes,
+            })
+        })
+        .collect()
+}
+
+fn tiny_clip(ctx: &Context) -> anyhow::Result<Clip> {
+    let state = load_state_dict(&ctx.tiny.join("clip_openai.safetensors"))?;
+    Ok(Clip::from_state_dict(&state, Device::Cpu)?)
+}
+
+fn tiny_clip_config(ctx: &Context) -> anyhow::Result<ClipConfig> {
+    let state = load_state_dict(&ctx.tiny.join("clip_openai.safetensors"))?;
+    Ok(ClipConfig::infer(&state)?)
+}
