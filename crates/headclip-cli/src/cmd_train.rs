@@ -299,7 +299,7 @@ fn trainer<'c>(
 fn provenance(args: &TrainArgs, sha: &str, rules: &RulesSource) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("headclip.clip_sha256".to_string(), sha.to_string()),
-        ("headclip.clip_config".to_string(), rules.describe()),
+        ("headclip.clip_config".to_string(), rules.provenance()),
         (
             "headclip.data".to_string(),
             args.data

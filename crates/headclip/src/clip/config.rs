@@ -2,7 +2,7 @@
 //! the facts shapes do not tell (head width, MLP activation, normalisation): those come from the
 //! checkpoint's config ([`super::backbone_config`]), or from OpenAI's rules where it has none.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use headclip_data::images::Normalization;
 
@@ -98,13 +98,26 @@ pub enum RulesSource {
 }
 
 impl RulesSource {
-    /// One line for logs and provenance: the files and their digests, or that none was read.
+    /// One line for logs and errors: the files and their digests, or that none was read.
     pub fn describe(&self) -> String {
+        self.list(|path| path.display().to_string())
+    }
+
+    /// What a training run records: the files' names (not their folders, so that a moved copy
+    /// still resumes) and digests, or that none was read.
+    pub fn provenance(&self) -> String {
+        self.list(|path| {
+            path.file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        })
+    }
+
+    fn list(&self, name: impl Fn(&Path) -> String) -> String {
         match self {
             RulesSource::OpenAiAssumed => "no config (OpenAI's rules assumed)".into(),
             RulesSource::Config { files } => files
                 .iter()
-                .map(|(path, sha)| format!("{} (sha256 {sha})", path.display()))
+                .map(|(path, sha)| format!("{} (sha256 {sha})", name(path)))
                 .collect::<Vec<_>>()
                 .join(", "),
         }
