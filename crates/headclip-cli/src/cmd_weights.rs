@@ -212,9 +212,14 @@ const SUPPORTED: &[Supported] = &[
 ];
 
 fn print_supported() {
-    println!("SUPPORTED CHECKPOINTS (architecture from the tensor shapes, the rest from the config)");
+    println!(
+        "SUPPORTED CHECKPOINTS (architecture from the tensor shapes, the rest from the config)"
+    );
     for s in SUPPORTED {
-        println!("  {}\n    files:  {}\n    config: {}", s.kind, s.files, s.config);
+        println!(
+            "  {}\n    files:  {}\n    config: {}",
+            s.kind, s.files, s.config
+        );
     }
     println!(
         "  Any config can also be given with --clip-config PATH. Configs are supported as \

@@ -705,12 +705,20 @@ fn the_backbone_config_comes_from_the_folder_or_clip_config_and_its_absence_is_s
 
     let out = predict(&tiny("clip_openai.safetensors"), &["--image-size", "64"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("OpenAI's rules are assumed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("OpenAI's rules are assumed"),
+        "{}",
+        stderr(&out)
+    );
 
     let folder = config_fixture("openclip_gelu_hw80");
     let out = predict(&folder, &["--image-size", "64"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("open_clip_config.json (sha256 "), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("open_clip_config.json (sha256 "),
+        "{}",
+        stderr(&out)
+    );
     assert!(!stderr(&out).contains("assumed"), "{}", stderr(&out));
     assert!(lines(&out)[0]["score"].is_number());
 
@@ -718,8 +726,16 @@ fn the_backbone_config_comes_from_the_folder_or_clip_config_and_its_absence_is_s
     let hf_config = config_fixture("hf_gelu").join("config.json");
     let out = predict(&folder, &["--clip-config", hf_config.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("hf_gelu/config.json"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("but the checkpoint's tensors give"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("hf_gelu/config.json"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("but the checkpoint's tensors give"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = predict(&folder, &["--clip-config", "/nonexistent/config.json"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));

@@ -16,7 +16,9 @@ use headclip_data::images::{ImageSource, RgbImage};
 use tch::{Kind, Tensor};
 
 fn fixture(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(case)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(case)
 }
 
 fn expected(case: &str) -> HashMap<String, Tensor> {
@@ -82,8 +84,16 @@ fn matches_reference(case: &str) {
         let _g = tch::no_grad_guard();
         model.forward(&images, &model.text_features)
     };
-    assert_close("global score", &out.global_score, &exp["dynamic.global_score"]);
-    assert_close("per-layer maps", &out.layer_maps, &exp["dynamic.layer_maps"]);
+    assert_close(
+        "global score",
+        &out.global_score,
+        &exp["dynamic.global_score"],
+    );
+    assert_close(
+        "per-layer maps",
+        &out.layer_maps,
+        &exp["dynamic.layer_maps"],
+    );
     let scores = model.smooth_and_score(&out);
     let side = images.size()[3];
     let maps: Vec<f32> = scores.iter().flat_map(|s| s.map.clone()).collect();
@@ -105,7 +115,11 @@ fn ensemble_matches(case: &str, exp: &HashMap<String, Tensor>) {
     };
     let resolved = config.resolve(&clip.config).unwrap();
     let model = HeadClip::new(clip, None, resolved).unwrap();
-    assert_close("ensemble text features", &model.text_features, &exp["ensemble.text"]);
+    assert_close(
+        "ensemble text features",
+        &model.text_features,
+        &exp["ensemble.text"],
+    );
 }
 
 fn training_step_matches(case: &str, exp: &HashMap<String, Tensor>, images: &Tensor) {
@@ -141,16 +155,31 @@ fn training_step_matches(case: &str, exp: &HashMap<String, Tensor>, images: &Ten
         assert_close(&format!("loss {name}"), &value, e(&format!("loss.{name}")));
     }
     let named = trainable(&params);
-    let grads = exp.keys().filter(|k| k.starts_with("train.dynamic.grad.")).count();
-    assert_eq!(named.len(), grads, "trainable tensors vs the reference's gradients");
+    let grads = exp
+        .keys()
+        .filter(|k| k.starts_with("train.dynamic.grad."))
+        .count();
+    assert_eq!(
+        named.len(),
+        grads,
+        "trainable tensors vs the reference's gradients"
+    );
     for (name, t) in &named {
-        assert_close(&format!("gradient of {name}"), &t.grad(), e(&format!("grad.{name}")));
+        assert_close(
+            &format!("gradient of {name}"),
+            &t.grad(),
+            e(&format!("grad.{name}")),
+        );
     }
     let tensors: Vec<&Tensor> = named.iter().map(|(_, t)| *t).collect();
     let mut adam = Adam::new(&tensors, 1e-3, 0.5, 0.999);
     adam.step(&tensors);
     for (name, t) in &named {
-        assert_close(&format!("{name} after one Adam step"), t, e(&format!("after.{name}")));
+        assert_close(
+            &format!("{name} after one Adam step"),
+            t,
+            e(&format!("after.{name}")),
+        );
     }
 }
 
@@ -223,7 +252,10 @@ fn configs_contradicting_the_tensors_are_refused() {
         "openclip_gelu_hw80",
         "open_clip_config.json",
         vision("head_width", 64.into()),
-        &["model_cfg.vision_cfg.head_width", "160 does not split into 64-wide heads"],
+        &[
+            "model_cfg.vision_cfg.head_width",
+            "160 does not split into 64-wide heads",
+        ],
     );
     assert_refused(
         "openclip_gelu_hw80",
@@ -241,7 +273,10 @@ fn configs_contradicting_the_tensors_are_refused() {
         "hf_gelu",
         "config.json",
         |j| j["text_config"]["num_attention_heads"] = 5.into(),
-        &["text_config.num_attention_heads", "12 does not split into 5 heads"],
+        &[
+            "text_config.num_attention_heads",
+            "12 does not split into 5 heads",
+        ],
     );
     // A missing key takes the format's default, which contradicts these tensors.
     assert_refused(
@@ -327,11 +362,21 @@ fn out_of_range_and_malformed_values_are_refused_by_name() {
     }
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("open_clip_model.safetensors");
-    std::fs::copy(fixture("openclip_quickgelu").join("open_clip_model.safetensors"), &weights)
-        .unwrap();
-    std::fs::write(dir.path().join("open_clip_config.json"), "{\"model_cfg\": [1,").unwrap();
+    std::fs::copy(
+        fixture("openclip_quickgelu").join("open_clip_model.safetensors"),
+        &weights,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("open_clip_config.json"),
+        "{\"model_cfg\": [1,",
+    )
+    .unwrap();
     let error = load_error(&weights);
-    assert!(error.contains("open_clip_config.json: not valid JSON"), "{error}");
+    assert!(
+        error.contains("open_clip_config.json: not valid JSON"),
+        "{error}"
+    );
 }
 
 /// Log lines written while `f` runs.
@@ -365,7 +410,11 @@ fn config_json_beside_a_pt_is_not_read_and_openai_rules_are_said_to_be_assumed()
     let weights = dir.path().join("clip_openai.pt");
     std::fs::copy(tiny.join("clip_openai.pt"), &weights).unwrap();
     // Configs that would refuse these weights, beside them under the paired names.
-    std::fs::copy(fixture("hf_gelu").join("config.json"), dir.path().join("config.json")).unwrap();
+    std::fs::copy(
+        fixture("hf_gelu").join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
     std::fs::copy(
         fixture("openclip_gelu_hw80").join("open_clip_config.json"),
         dir.path().join("open_clip_config.json"),

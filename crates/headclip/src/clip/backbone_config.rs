@@ -73,7 +73,10 @@ pub fn rules_for_checkpoint(
     weights: &Path,
     explicit: Option<&Path>,
 ) -> Result<BackboneRules, ConfigFileError> {
-    match explicit.map(Path::to_path_buf).or_else(|| paired_config(weights)) {
+    match explicit
+        .map(Path::to_path_buf)
+        .or_else(|| paired_config(weights))
+    {
         Some(config) => read_rules(&config),
         None => Ok(BackboneRules::openai()),
     }
@@ -135,7 +138,10 @@ fn openclip_rules(top: &Section, sha: String) -> Result<BackboneRules, ConfigFil
     refuse_openclip_options(&vision, VISION_OPTIONS)?;
     refuse_openclip_options(&text, TEXT_OPTIONS)?;
     if matches!(vision.value("layers"), Some(Value::Array(_))) {
-        return Err(vision.error("layers", "a list of stages is a ResNet tower, not supported"));
+        return Err(vision.error(
+            "layers",
+            "a list of stages is a ResNet tower, not supported",
+        ));
     }
     let mut declared = vec![
         (
@@ -199,7 +205,11 @@ fn sizes(
 ) -> Result<Vec<(String, Dim, i64)>, ConfigFileError> {
     keys.iter()
         .map(|&(key, dim, default)| {
-            Ok((section.key(key), dim, section.int(key, default, 1..=MAX_SIZE)?))
+            Ok((
+                section.key(key),
+                dim,
+                section.int(key, default, 1..=MAX_SIZE)?,
+            ))
         })
         .collect()
 }
@@ -237,7 +247,10 @@ const TEXT_OPTIONS: &[OptionCheck] = &[
     ("hf_model_name", is_null),
 ];
 
-fn refuse_openclip_options(section: &Section, tower: &[OptionCheck]) -> Result<(), ConfigFileError> {
+fn refuse_openclip_options(
+    section: &Section,
+    tower: &[OptionCheck],
+) -> Result<(), ConfigFileError> {
     for (key, is_default) in COMMON_OPTIONS.iter().chain(tower) {
         section.refuse_unless(key, *is_default)?;
     }
@@ -392,7 +405,12 @@ impl<'a> Section<'a> {
         })
     }
 
-    fn int(&self, key: &str, default: i64, range: RangeInclusive<i64>) -> Result<i64, ConfigFileError> {
+    fn int(
+        &self,
+        key: &str,
+        default: i64,
+        range: RangeInclusive<i64>,
+    ) -> Result<i64, ConfigFileError> {
         let Some(value) = self.value(key) else {
             return Ok(default);
         };
@@ -470,7 +488,11 @@ impl<'a> Section<'a> {
     }
 
     /// Refuses an option the spec does not cover unless it has its default value.
-    fn refuse_unless(&self, key: &str, is_default: fn(&Value) -> bool) -> Result<(), ConfigFileError> {
+    fn refuse_unless(
+        &self,
+        key: &str,
+        is_default: fn(&Value) -> bool,
+    ) -> Result<(), ConfigFileError> {
         match self.value(key) {
             Some(value) if !is_default(value) => Err(self.error(
                 key,

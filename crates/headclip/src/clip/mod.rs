@@ -12,10 +12,10 @@ mod text;
 mod tokenizer;
 mod vision;
 
-pub use checkpoint::{load_state_dict, CheckpointError, CheckpointFormat, StateDict};
 pub use backbone_config::{
     find_checkpoint, paired_config, read_rules, rules_for_checkpoint, ConfigFileError,
 };
+pub use checkpoint::{load_state_dict, CheckpointError, CheckpointFormat, StateDict};
 pub use config::{
     Activation, BackboneRules, ClipConfig, Dim, Heads, RulesSource, TextConfig, TowerRules,
     VisionConfig,

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use super::{Detector, ModelSpec};
 use crate::clip::{
-    find_checkpoint, load_state_dict, rules_for_checkpoint, CheckpointError, Clip,
-    ConfigFileError, RulesSource,
+    find_checkpoint, load_state_dict, rules_for_checkpoint, CheckpointError, Clip, ConfigFileError,
+    RulesSource,
 };
 use crate::model::{
     ConfigError, HeadClip, HeadClipConfig, HeadClipParams, ModelError, ParamsError,
@@ -45,6 +45,10 @@ pub fn load_clip(spec: &ModelSpec) -> Result<Clip, LoadError> {
     spec.check().map_err(LoadError::Spec)?;
     let path = &find_checkpoint(&spec.weights)?;
     let rules = rules_for_checkpoint(path, spec.clip_config.as_deref())?;
+    let mut state = load_state_dict(path).map_err(|source| LoadError::Checkpoint {
+        path: path.clone(),
+        source,
+    })?;
     match &rules.source {
         RulesSource::OpenAiAssumed => tracing::info!(
             "{}: no CLIP config with it, so OpenAI's rules are assumed \
@@ -53,10 +57,6 @@ pub fn load_clip(spec: &ModelSpec) -> Result<Clip, LoadError> {
         ),
         source => tracing::info!("CLIP config: {}", source.describe()),
     }
-    let mut state = load_state_dict(path).map_err(|source| LoadError::Checkpoint {
-        path: path.clone(),
-        source,
-    })?;
     state.kind = spec.precision.kind();
     if state.random {
         tracing::warn!(
