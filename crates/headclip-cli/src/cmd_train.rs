@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use headclip::clip::Clip;
+use headclip::clip::{Clip, RulesSource};
 use headclip::detector::load_clip;
 use headclip::model::{HeadClipConfig, LhwForm, LhwPaths, DEFAULT_DEEP_PROMPTS};
 use headclip::train::{
@@ -136,7 +136,11 @@ pub fn run(args: TrainArgs) -> Result<i32> {
     let spec = args.model.spec()?;
     let clip = load_clip(&spec)?;
     let mut trainer = trainer(&args, &clip, &files.state, &spec.weights)?;
-    let set = TrainSet::new(images, trainer.config.image_size as u32);
+    let set = TrainSet::new(
+        images,
+        trainer.config.image_size as u32,
+        clip.config.normalization,
+    );
     trainer.options.loss = set.loss_selection(trainer.options.loss.joint_weight);
     check_memory(&trainer)?;
     tracing::info!(
@@ -275,7 +279,7 @@ fn trainer<'c>(
     weights: &Path,
 ) -> Result<Trainer<'c>> {
     let sha = headclip::weights::sha256_file(weights)?;
-    let provenance = provenance(args, &sha);
+    let provenance = provenance(args, &sha, &clip.config.rules);
     let mut trainer = if args.resume && state.exists() {
         resume(args, clip, state, &sha, &provenance)?
     } else {
@@ -293,10 +297,13 @@ fn trainer<'c>(
     Ok(trainer)
 }
 
-/// What a run records of where it came from: the weights' sha256, the data and the precision.
-fn provenance(args: &TrainArgs, sha: &str) -> BTreeMap<String, String> {
+/// What a run records of where it came from: the weights' sha256, the backbone's config files
+/// and their sha256 (head widths, activations and mean/std move results), the data and the
+/// precision.
+fn provenance(args: &TrainArgs, sha: &str, rules: &RulesSource) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("headclip.clip_sha256".to_string(), sha.to_string()),
+        ("headclip.clip_config".to_string(), rules.provenance()),
         (
             "headclip.data".to_string(),
             args.data

@@ -2,7 +2,8 @@
 //!
 //! - `headclip weights fetch <NAME> [--base-url URL] [--cache DIR]`: downloads into the cache
 //!   (verified by sha256), a progress bar on stderr, the final path on stdout.
-//! - `headclip weights list [--cache DIR] [--verify]`: names, files, sha256, cached or not.
+//! - `headclip weights list [--cache DIR] [--verify]`: names, files, sha256, cached or not; then
+//!   the kinds of checkpoint supported and the config each needs.
 //! - `headclip weights verify <PATH>`: prints the file's sha256 and whether it is an official
 //!   checkpoint; fails when the file has an official name but not the official content.
 
@@ -35,7 +36,8 @@ pub enum WeightsCommand {
         #[arg(long, value_name = "DIR", env = weights::ENV_CACHE)]
         cache: Option<PathBuf>,
     },
-    /// List the official checkpoints and whether they are in the cache.
+    /// List the official checkpoints and whether they are in the cache, and the kinds of
+    /// checkpoint supported with the config each needs.
     List {
         /// Cache folder [default: the user cache folder + headclip, ~/.cache/headclip on Linux].
         #[arg(long, value_name = "DIR", env = weights::ENV_CACHE)]
@@ -173,7 +175,59 @@ fn list(cache: Option<&Path>, verify: bool) -> Result<()> {
             official.name, official.file_name, official.sha256, state
         );
     }
+    println!();
+    print_supported();
     Ok(())
+}
+
+/// A kind of checkpoint the engine computes correctly, with the files it comes as and the
+/// config that says what its shapes do not.
+struct Supported {
+    kind: &'static str,
+    files: &'static str,
+    config: &'static str,
+}
+
+const SUPPORTED: &[Supported] = &[
+    Supported {
+        kind: "OpenAI ViT-L-14-336, ViT-L-14, ViT-B-16, ViT-B-32",
+        files: "the .pt above, or its state dict as safetensors",
+        config: "none: OpenAI's rules (64-wide heads, QuickGELU), said in the log",
+    },
+    Supported {
+        kind: "OpenCLIP ViT-H-14 (LAION)",
+        files: "folder with open_clip_model.safetensors",
+        config: "open_clip_config.json beside it (vision head_width 80, exact GELU)",
+    },
+    Supported {
+        kind: "OpenCLIP ViT-L-14 (LAION)",
+        files: "folder with open_clip_model.safetensors",
+        config: "open_clip_config.json beside it (exact GELU)",
+    },
+    Supported {
+        kind: "Hugging Face CLIP (transformers CLIPModel)",
+        files: "folder with model.safetensors",
+        config: "config.json beside it (hidden_act, num_attention_heads); \
+                 preprocessor_config.json for mean and std",
+    },
+];
+
+fn print_supported() {
+    println!(
+        "SUPPORTED CHECKPOINTS (architecture from the tensor shapes, the rest from the config)"
+    );
+    for s in SUPPORTED {
+        println!(
+            "  {}\n    files:  {}\n    config: {}",
+            s.kind, s.files, s.config
+        );
+    }
+    println!(
+        "  Any config can also be given with --clip-config PATH. Configs are supported as \
+         tested on small random-weight replicas with the same configs (OpenCLIP head width 80 \
+         with GELU, OpenCLIP quick_gelu, Hugging Face gelu) against open_clip and transformers; \
+         the real LAION and Hugging Face weights are not downloaded in the tests."
+    );
 }
 
 fn cached_state(official: &Official, path: &Path, verify: bool) -> String {

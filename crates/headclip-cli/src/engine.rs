@@ -13,10 +13,16 @@ const DEFAULT_CHECKPOINT: &str = "ViT-L-14-336";
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// CLIP checkpoint: OpenAI .pt (TorchScript), OpenAI/OpenCLIP or Hugging Face safetensors.
-    /// Without it, the official ViT-L/14@336 file is taken from the cache or downloaded.
+    /// CLIP checkpoint: OpenAI .pt (TorchScript), OpenAI/OpenCLIP or Hugging Face safetensors,
+    /// or a folder with OpenCLIP's or Hugging Face's weights and config. Without it, the
+    /// official ViT-L/14@336 file is taken from the cache or downloaded.
     #[arg(long, env = weights::ENV_WEIGHTS)]
     pub weights: Option<PathBuf>,
+    /// The checkpoint's config (OpenCLIP's open_clip_config.json or model config, or Hugging
+    /// Face's config.json): head widths, MLP activation, mean and std. Overrides the config
+    /// paired with the weights by name; with neither, OpenAI's rules are assumed.
+    #[arg(long)]
+    pub clip_config: Option<PathBuf>,
     /// HeadCLIP parameters (safetensors from `headclip train`). Without it: training-free mode.
     #[arg(long)]
     pub params: Option<PathBuf>,
@@ -35,9 +41,11 @@ pub struct ModelArgs {
     pub precision: Precision,
 }
 
-/// The weights file to use: the one given, or the official default from the cache or network.
+/// The weights file to use: the one given (or in the folder given), or the official default from
+/// the cache or network.
 pub fn resolve_weights(given: Option<&Path>) -> Result<PathBuf> {
     if let Some(path) = given {
+        let path = &headclip::clip::find_checkpoint(path)?;
         if !path.is_file() {
             bail!(
                 "CLIP weights {} not found (from --weights or {})",
@@ -77,6 +85,7 @@ impl ModelArgs {
         }
         let spec = ModelSpec {
             weights: resolve_weights(self.weights.as_deref())?,
+            clip_config: self.clip_config.clone(),
             params: self.params.clone(),
             image_size: self.image_size,
             device,
@@ -84,6 +93,11 @@ impl ModelArgs {
         };
         spec.check()
             .map_err(|e| anyhow!("--precision {}: {e}", self.precision))?;
+        if let Some(config) = &spec.clip_config {
+            if !config.is_file() {
+                bail!("--clip-config {} not found", config.display());
+            }
+        }
         Ok(spec)
     }
 }

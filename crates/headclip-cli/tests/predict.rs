@@ -686,3 +686,81 @@ fn a_reader_that_stops_early_ends_the_run() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("24 images scored"), "{stderr}");
 }
+
+/// A folder of the config-carrying fixtures (OpenCLIP's or Hugging Face's layout).
+fn config_fixture(case: &str) -> std::path::PathBuf {
+    repo().join("crates/headclip/tests/fixtures").join(case)
+}
+
+#[test]
+fn the_backbone_config_comes_from_the_folder_or_clip_config_and_its_absence_is_said() {
+    let image = repo().join("examples/images/bottle_good_000.png");
+    let predict = |weights: &Path, extra: &[&str]| {
+        let mut args = vec!["predict", "--weights", weights.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.push(image.to_str().unwrap());
+        headclip(&args, &[])
+    };
+    let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).to_string();
+
+    let out = predict(&tiny("clip_openai.safetensors"), &["--image-size", "64"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("OpenAI's rules are assumed"),
+        "{}",
+        stderr(&out)
+    );
+
+    let folder = config_fixture("openclip_gelu_hw80");
+    let out = predict(&folder, &["--image-size", "64"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("open_clip_config.json (sha256 "),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("assumed"), "{}", stderr(&out));
+    assert!(lines(&out)[0]["score"].is_number());
+
+    // --clip-config overrides the paired config: here one that contradicts the tensors.
+    let hf_config = config_fixture("hf_gelu").join("config.json");
+    let out = predict(&folder, &["--clip-config", hf_config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("hf_gelu/config.json"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("but the checkpoint's tensors give"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = predict(&folder, &["--clip-config", "/nonexistent/config.json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--clip-config /nonexistent/config.json not found"));
+}
+
+#[test]
+fn weights_list_names_the_supported_checkpoints_and_their_configs() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = headclip(
+        &["weights", "list", "--cache", cache.path().to_str().unwrap()],
+        &[],
+    );
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "ViT-L-14-336px.pt",
+        "OpenCLIP ViT-H-14 (LAION)",
+        "OpenCLIP ViT-L-14 (LAION)",
+        "open_clip_config.json beside it",
+        "Hugging Face CLIP",
+        "config.json beside it",
+        "--clip-config",
+        "small random-weight replicas",
+    ] {
+        assert!(stdout.contains(needle), "stdout lacks {needle}: {stdout}");
+    }
+}

@@ -7,7 +7,8 @@
 //!    checked against [`DecodeLimits`] before anything is decoded.
 //! 2. [`resize_bicubic`]: PIL's antialiased `Image.resize((S, S), BICUBIC)`, bit-exact with
 //!    Pillow 13.
-//! 3. [`normalize_clip`]: scale to [0, 1], normalise with CLIP's mean and std, lay out as CHW.
+//! 3. [`normalize`]: scale to [0, 1], normalise with the backbone's mean and std (CLIP's unless
+//!    its config names others, see [`Normalization`]), lay out as CHW.
 //!
 //! [`preprocess`] chains 2 and 3, and [`Preprocessor::prepare`] all three for a file, encoded
 //! bytes or decoded pixels: the stage every entry point shares. Masks go through
@@ -35,6 +36,28 @@ pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 // The spec's digits, verbatim, though f32 keeps fewer.
 #[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+/// Per-channel mean and standard deviation for RGB in [0, 1]: CLIP's, or what a checkpoint's
+/// config names (OpenCLIP's `preprocess_cfg`, Hugging Face's `preprocessor_config.json`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normalization {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Normalization {
+    /// OpenAI CLIP's constants.
+    pub const CLIP: Normalization = Normalization {
+        mean: CLIP_MEAN,
+        std: CLIP_STD,
+    };
+}
+
+impl Default for Normalization {
+    fn default() -> Self {
+        Self::CLIP
+    }
+}
 
 /// An 8-bit RGB image, row-major, 3 bytes per pixel (HWC).
 #[derive(Clone, PartialEq, Eq)]
@@ -338,21 +361,28 @@ pub fn resize_bicubic(img: &RgbImage, side: u32) -> RgbImage {
     }
 }
 
-/// Scales to [0, 1] and normalises with [`CLIP_MEAN`] and [`CLIP_STD`]; returns CHW floats,
-/// `3 · height · width` of them.
+/// Scales to [0, 1] and normalises with `norm`; returns CHW floats, `3 · height · width` of them.
 ///
 /// # Panics
 /// If the pixels do not match the image's size.
-pub fn normalize_clip(img: &RgbImage) -> Vec<f32> {
+pub fn normalize(img: &RgbImage, norm: &Normalization) -> Vec<f32> {
     img.assert_consistent();
     let n = img.width as usize * img.height as usize;
     let mut out = vec![0f32; 3 * n];
     for (i, px) in img.pixels.chunks_exact(3).enumerate() {
         for c in 0..3 {
-            out[c * n + i] = (f32::from(px[c]) / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c];
+            out[c * n + i] = (f32::from(px[c]) / 255.0 - norm.mean[c]) / norm.std[c];
         }
     }
     out
+}
+
+/// [`normalize`] with CLIP's constants.
+///
+/// # Panics
+/// As [`normalize`].
+pub fn normalize_clip(img: &RgbImage) -> Vec<f32> {
+    normalize(img, &Normalization::CLIP)
 }
 
 /// The model input for a decoded image: [`resize_bicubic`] then [`normalize_clip`].

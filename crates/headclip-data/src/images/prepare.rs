@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
-use super::{decode_rgb, preprocess, read_file, sniff_format, DataError, DecodeLimits};
-use super::{ImageFormat, RgbImage};
+use super::{decode_rgb, normalize, read_file, resize_bicubic, sniff_format, DataError};
+use super::{DecodeLimits, ImageFormat, Normalization, RgbImage};
 
 /// Where an image comes from.
 #[derive(Debug, Clone)]
@@ -52,12 +52,14 @@ pub struct PreparedImage {
 }
 
 /// Decodes and pre-processes images for a model of side S.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Preprocessor {
     /// The model's input side S.
     pub side: u32,
     /// Checked before anything is decoded.
     pub limits: DecodeLimits,
+    /// The backbone's mean and std.
+    pub normalization: Normalization,
 }
 
 impl Preprocessor {
@@ -116,7 +118,7 @@ impl Preprocessor {
         keep_original: bool,
     ) -> PreparedImage {
         PreparedImage {
-            pixels: preprocess(&image, self.side),
+            pixels: normalize(&resize_bicubic(&image, self.side), &self.normalization),
             width: image.width,
             height: image.height,
             format,
@@ -128,6 +130,7 @@ impl Preprocessor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::images::preprocess;
 
     fn checker(side: u32) -> RgbImage {
         let pixels = (0..side * side)
@@ -141,6 +144,7 @@ mod tests {
         let pre = Preprocessor {
             side: 4,
             limits: DecodeLimits::default(),
+            normalization: Normalization::CLIP,
         };
         let img = checker(8);
         let prepared = pre.prepare(img.clone().into(), true).unwrap();
@@ -157,6 +161,7 @@ mod tests {
         let pre = Preprocessor {
             side: 4,
             limits: DecodeLimits::default(),
+            normalization: Normalization::CLIP,
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notes.png");

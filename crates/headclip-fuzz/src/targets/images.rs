@@ -4,7 +4,7 @@
 use std::io::Cursor;
 
 use fastrand::Rng;
-use headclip_data::images::{decode_mask, DataError, DecodeLimits, Preprocessor};
+use headclip_data::images::{decode_mask, DataError, DecodeLimits, Normalization, Preprocessor};
 use image::{DynamicImage, ImageBuffer, ImageFormat};
 
 use super::{Input, Outcome, Seed, Target};
@@ -68,8 +68,12 @@ impl Target for ImageTarget {
         let result = if self.mask {
             decode_mask(input.bytes, side, &limits).map(drop)
         } else {
-            Preprocessor { side, limits }
-                .prepare_encoded(input.bytes, false)
+            Preprocessor {
+                side,
+                limits,
+                normalization: Normalization::CLIP,
+            }
+            .prepare_encoded(input.bytes, false)
                 .map(drop)
         };
         match result {
@@ -284,6 +288,7 @@ mod tests {
         let pre = Preprocessor {
             side: 14,
             limits: DecodeLimits::default(),
+            normalization: Normalization::CLIP,
         };
         for s in seeds().unwrap() {
             let img = headclip_data::images::decode_rgb(&s.bytes, &pre.limits)

@@ -29,6 +29,9 @@ pub enum CheckpointError {
     },
     #[error("not a CLIP checkpoint: {0}")]
     NotClip(String),
+    /// The checkpoint's config contradicts its tensors (`config` names the config).
+    #[error("{config}: {message}")]
+    Config { config: String, message: String },
     #[error("{path}: {source}")]
     InFile {
         path: PathBuf,
@@ -156,7 +159,7 @@ pub fn load_state_dict(path: &Path) -> Result<StateDict, CheckpointError> {
             "neither a TorchScript archive (OpenAI's .pt) nor a safetensors file".into(),
         ));
     };
-    super::ClipConfig::infer(&state).map_err(in_file)?;
+    super::config::check_shapes(&state).map_err(in_file)?;
     Ok(state)
 }
 

@@ -1,5 +1,5 @@
-//! The pieces both towers are made of: pre-LN residual blocks with multi-head attention and a
-//! QuickGELU MLP, in OpenAI's parameter layout (`nn.MultiheadAttention`'s fused `in_proj`).
+//! The pieces both towers are made of: pre-LN residual blocks with multi-head attention and an
+//! MLP (QuickGELU or exact GELU, as the checkpoint's config says), in OpenAI's parameter layout (`nn.MultiheadAttention`'s fused `in_proj`).
 //!
 //! Reduced precision works like PyTorch's autocast: the linear layers, the convolution and the
 //! attention run in the checkpoint's `kind` (bf16, fp16), while the residual stream, the layer
@@ -10,6 +10,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::checkpoint::{CheckpointError, StateDict};
+use super::config::Activation;
 
 /// A tensor in the checkpoint's precision (`state.kind`).
 pub(crate) fn load(
@@ -142,14 +143,17 @@ pub fn attend(a: &Tensor, b: &Tensor, v: &Tensor, causal: bool) -> Tensor {
 
 pub struct Mlp {
     c_fc: Linear,
+    activation: Activation,
     c_proj: Linear,
 }
 
 impl Mlp {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let h = self.c_fc.forward(x);
-        // QuickGELU, as OpenAI's CLIP was trained with.
-        let h = &h * (&h * 1.702).sigmoid();
+        let h = match self.activation {
+            Activation::QuickGelu => &h * (&h * 1.702).sigmoid(),
+            Activation::Gelu => h.gelu("none"),
+        };
         self.c_proj.forward(&h)
     }
 }
@@ -168,6 +172,7 @@ impl Block {
         prefix: &str,
         width: i64,
         heads: i64,
+        activation: Activation,
         device: Device,
     ) -> Result<Self, CheckpointError> {
         Ok(Self {
@@ -205,6 +210,7 @@ impl Block {
                     width,
                     device,
                 )?,
+                activation,
                 c_proj: Linear::new(
                     state,
                     &format!("{prefix}.mlp.c_proj"),

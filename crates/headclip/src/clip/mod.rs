@@ -3,6 +3,7 @@
 //! because it shares the blocks' weights; what the paths are weighted with comes from
 //! [`crate::model`].
 
+mod backbone_config;
 mod checkpoint;
 mod config;
 mod layers;
@@ -11,8 +12,14 @@ mod text;
 mod tokenizer;
 mod vision;
 
+pub use backbone_config::{
+    find_checkpoint, paired_config, read_rules, rules_for_checkpoint, ConfigFileError,
+};
 pub use checkpoint::{load_state_dict, CheckpointError, CheckpointFormat, StateDict};
-pub use config::{ClipConfig, TextConfig, VisionConfig};
+pub use config::{
+    Activation, BackboneRules, ClipConfig, Dim, Heads, RulesSource, TextConfig, TowerRules,
+    VisionConfig,
+};
 pub use layers::l2_normalize as layers_l2_normalize;
 pub use random::{
     random_clip, random_clip_digests, random_clip_safetensors, random_clip_specs,
@@ -33,10 +40,20 @@ pub struct Clip {
 }
 
 impl Clip {
-    /// Builds CLIP from a state dict in OpenAI's key layout, moving the weights to `device`.
+    /// Builds CLIP from a state dict in OpenAI's key layout under OpenAI's rules, moving the
+    /// weights to `device`.
     pub fn from_state_dict(state: &StateDict, device: Device) -> Result<Self, CheckpointError> {
+        Self::from_state_dict_with(state, &BackboneRules::openai(), device)
+    }
+
+    /// Builds CLIP from a state dict and the rules its config gives.
+    pub fn from_state_dict_with(
+        state: &StateDict,
+        rules: &BackboneRules,
+        device: Device,
+    ) -> Result<Self, CheckpointError> {
         crate::runtime::prepare();
-        let config = ClipConfig::infer(state)?;
+        let config = ClipConfig::infer_with(state, rules)?;
         let vision = VisionTransformer::new(state, &config.vision, config.embed_dim, device)?;
         let text = TextTransformer::new(state, &config.text, config.embed_dim, device)?;
         Ok(Self {

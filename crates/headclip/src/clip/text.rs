@@ -35,6 +35,7 @@ impl TextTransformer {
                     &format!("transformer.resblocks.{i}"),
                     w,
                     config.heads,
+                    config.activation,
                     device,
                 )
             })

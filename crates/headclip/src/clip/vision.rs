@@ -93,6 +93,7 @@ impl VisionTransformer {
                     &format!("visual.transformer.resblocks.{i}"),
                     w,
                     config.heads,
+                    config.activation,
                     device,
                 )
             })

@@ -4,7 +4,10 @@
 use std::time::Instant;
 
 use super::{Detector, ModelSpec};
-use crate::clip::{load_state_dict, CheckpointError, Clip};
+use crate::clip::{
+    find_checkpoint, load_state_dict, rules_for_checkpoint, CheckpointError, Clip, ConfigFileError,
+    RulesSource,
+};
 use crate::model::{
     ConfigError, HeadClip, HeadClipConfig, HeadClipParams, ModelError, ParamsError,
 };
@@ -26,6 +29,8 @@ pub enum LoadError {
         path: std::path::PathBuf,
         source: CheckpointError,
     },
+    #[error("CLIP config: {0}")]
+    ClipConfig(#[from] ConfigFileError),
     #[error(transparent)]
     Params(#[from] ParamsError),
     #[error(transparent)]
@@ -34,14 +39,24 @@ pub enum LoadError {
     Model(#[from] ModelError),
 }
 
-/// CLIP from the spec's weights, on its device and in its precision.
+/// CLIP from the spec's weights, on its device and in its precision, computed as its config
+/// says (or as OpenAI's rules say, with a note in the log, when it has none).
 pub fn load_clip(spec: &ModelSpec) -> Result<Clip, LoadError> {
     spec.check().map_err(LoadError::Spec)?;
-    let path = &spec.weights;
+    let path = &find_checkpoint(&spec.weights)?;
+    let rules = rules_for_checkpoint(path, spec.clip_config.as_deref())?;
     let mut state = load_state_dict(path).map_err(|source| LoadError::Checkpoint {
         path: path.clone(),
         source,
     })?;
+    match &rules.source {
+        RulesSource::OpenAiAssumed => tracing::info!(
+            "{}: no CLIP config with it, so OpenAI's rules are assumed \
+             (64-wide heads, QuickGELU, CLIP's mean and std)",
+            path.display()
+        ),
+        source => tracing::info!("CLIP config: {}", source.describe()),
+    }
     state.kind = spec.precision.kind();
     if state.random {
         tracing::warn!(
@@ -49,7 +64,7 @@ pub fn load_clip(spec: &ModelSpec) -> Result<Clip, LoadError> {
             path.display()
         );
     }
-    Clip::from_state_dict(&state, spec.device).map_err(|source| LoadError::Clip {
+    Clip::from_state_dict_with(&state, &rules, spec.device).map_err(|source| LoadError::Clip {
         path: path.clone(),
         source,
     })

@@ -155,6 +155,7 @@ impl Detector {
         let preprocessor = Preprocessor {
             side: model.image_size() as u32,
             limits: DecodeLimits::default(),
+            normalization: model.clip.config.normalization,
         };
         Self {
             model,

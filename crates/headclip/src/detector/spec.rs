@@ -81,8 +81,12 @@ pub fn parse_device(s: &str) -> Result<Device, String> {
 /// config, few-shot references, class names, a calibration) become fields here.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
-    /// The CLIP checkpoint (any format [`crate::clip::load_state_dict`] reads).
+    /// The CLIP checkpoint (any format [`crate::clip::load_state_dict`] reads), or a folder
+    /// holding OpenCLIP's or Hugging Face's weights beside their config.
     pub weights: PathBuf,
+    /// The backbone's config (OpenCLIP's or Hugging Face's), overriding the one paired with the
+    /// weights by name; with neither, OpenAI's rules are assumed.
+    pub clip_config: Option<PathBuf>,
     /// HeadCLIP's learned parameters; `None` runs the training-free prompt ensemble.
     pub params: Option<PathBuf>,
     /// The input side S; `None` takes the parameters file's, or the backbone's default.
@@ -96,6 +100,7 @@ impl ModelSpec {
     pub fn new(weights: impl Into<PathBuf>) -> Self {
         Self {
             weights: weights.into(),
+            clip_config: None,
             params: None,
             image_size: None,
             device: Device::Cpu,

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use headclip_data::datasets::{Category, Sample};
-use headclip_data::images::{self, DecodeLimits, ImageSource, Preprocessor};
+use headclip_data::images::{self, DecodeLimits, ImageSource, Normalization, Preprocessor};
 
 use super::{
     EpochProgress, EpochRecord, LossSelection, LossTerms, TrainError, TrainSample, Trainer,
@@ -62,13 +62,14 @@ impl TrainSetCounts {
 }
 
 impl TrainSet {
-    /// `images` decoded for a model of side `side`.
-    pub fn new(images: Vec<TrainImage>, side: u32) -> Self {
+    /// `images` decoded for a model of side `side` that normalises with `normalization`.
+    pub fn new(images: Vec<TrainImage>, side: u32, normalization: Normalization) -> Self {
         Self {
             images,
             preprocessor: Preprocessor {
                 side,
                 limits: DecodeLimits::default(),
+                normalization,
             },
         }
     }
@@ -210,7 +211,8 @@ impl RunFiles {
 pub type RunSettings = std::collections::BTreeMap<&'static str, String>;
 
 /// [`RunSettings`] of a run with this configuration, these options, `deep_prompts` deep prompts
-/// and this provenance (`headclip.clip_sha256`, `headclip.data`, `headclip.precision`). The
+/// and this provenance (`headclip.clip_sha256`, `headclip.clip_config`, `headclip.data`,
+/// `headclip.precision`). The
 /// run's length, and how gradients are computed, are left out: they may change on resume.
 pub fn run_settings(
     config: &crate::model::HeadClipConfig,
@@ -222,6 +224,7 @@ pub fn run_settings(
     let debug = |v: &dyn std::fmt::Debug| format!("{v:?}").to_lowercase();
     RunSettings::from([
         ("weights (sha256)", from("headclip.clip_sha256")),
+        ("CLIP config", from("headclip.clip_config")),
         ("data", from("headclip.data")),
         ("precision", from("headclip.precision")),
         ("seed", options.seed.to_string()),
