@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import random
+import re
 import struct
 import warnings
 import zlib
@@ -357,6 +358,12 @@ def png_damage(name: str, data: bytes, rng: random.Random) -> list[tuple[str, by
     k, start, end = next(c for c in png_chunks(data) if c[0] == b"IDAT")
     out.append(("IDAT length too large", data[:start] + struct.pack(">I", end - start - 12 + 1000) + data[start + 4 :]))
     out.append(("IDAT CRC wrong", data[: end - 1] + bytes([data[end - 1] ^ 1]) + data[end:]))
+    if any(c[0] == b"PLTE" for c in png_chunks(data)):
+        plte = png_payload(data, b"PLTE")
+        for cut in (1, 2):
+            out.append((f"PLTE {cut} bytes short of whole entries, CRC recomputed",
+                        png_rechunk(data, b"PLTE", plte[:-cut])))
+        out.append(("PLTE of 2 bytes, CRC recomputed", png_rechunk(data, b"PLTE", plte[:2])))
     return out
 
 
@@ -390,7 +397,9 @@ def pillow_verdict(data: bytes) -> dict:
                 im.load()
                 rgb = im.convert("RGB")
     except Exception as e:  # Pillow's refusal, whatever its kind
-        return {"pillow": "refuse", "error": f"{type(e).__name__}: {e}"[:200]}
+        # Object addresses would change the manifest on every run.
+        message = re.sub(r" at 0x[0-9a-f]+", "", f"{type(e).__name__}: {e}")
+        return {"pillow": "refuse", "error": message[:200]}
     return {
         "pillow": "decode",
         "width": rgb.width,

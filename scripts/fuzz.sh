@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The long fuzz run: 101,000 mutated inputs over every target of headclip-fuzz (images, masks,
-# parameter files, training states, CLIP checkpoints, HTTP to `headclip serve`), each target
+# The long fuzz run: 106,000 mutated inputs over every target of headclip-fuzz (images, masks,
+# parameter files, training states, CLIP checkpoints and their configs, HTTP to `headclip serve`), each target
 # bounded in time. Prints the summary and writes out/fuzz/summary.json, out/fuzz/summary.txt and
 # out/fuzz/run.txt (date, commit, CPU); findings go to out/fuzz/findings. Exits 1 on any finding.
 #
@@ -31,7 +31,7 @@ cat "$out/run.txt"
 status=0
 "$target_dir/release/headclip-fuzz" --seed "$seed" \
   --target image=70000 --target mask=15000 --target params=6000 --target state=1500 \
-  --target checkpoint=500 --target http=8000 \
+  --target checkpoint=500 --target clip_config=5000 --target http=8000 \
   --seconds "${FUZZ_SECONDS_PER_TARGET:-1200}" \
   --headclip "$target_dir/release/headclip" \
   --findings "$out/findings" --scratch "$scratch" --json "$out/summary.json" \

@@ -22,14 +22,14 @@ static ALLOC: CountingAlloc = CountingAlloc;
 
 #[derive(Parser, Debug)]
 #[command(
-    about = "Mutation fuzzing of headclip's inputs: images, parameter and state files, CLIP checkpoints, HTTP"
+    about = "Mutation fuzzing of headclip's inputs: images, parameter and state files, CLIP checkpoints and configs, HTTP"
 )]
 struct Args {
     /// Seed of the input generator: the same seed makes the same inputs.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// A target to run, optionally with its own number of inputs (`image=5000`); repeatable.
-    /// Default: every target (image, mask, params, state, checkpoint, http).
+    /// Default: every target (image, mask, params, state, checkpoint, clip_config, http).
     #[arg(long = "target", value_name = "NAME[=INPUTS]")]
     targets: Vec<String>,
     /// Inputs per target without their own number.

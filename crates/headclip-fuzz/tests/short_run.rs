@@ -41,6 +41,7 @@ fn images_and_files_survive_a_short_run() {
         ("params", 200),
         ("state", 60),
         ("checkpoint", 24),
+        ("clip_config", 300),
     ];
     let summary = run_printed(&settings(dir.path(), &plan, targets::REGISTRY.to_vec()));
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);

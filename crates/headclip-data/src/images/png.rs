@@ -81,6 +81,8 @@ fn from_png_error(e: png::DecodingError) -> DataError {
 /// Decodes to the sample layout the file holds (palette and low depths expanded to 8 bits).
 pub(super) fn decode(bytes: &[u8], max_alloc: u64) -> Result<DynamicImage, DataError> {
     check_header_crcs(bytes)?;
+    let whole_palette = with_whole_palette_entries(bytes);
+    let bytes = whole_palette.as_deref().unwrap_or(bytes);
     let reader = open(bytes, max_alloc)?;
     match read_image(reader) {
         Ok(img) => Ok(img),
@@ -89,6 +91,34 @@ pub(super) fn decode(bytes: &[u8], max_alloc: u64) -> Result<DynamicImage, DataE
             read_image(open(&repaired, max_alloc)?)
         }
     }
+}
+
+/// A PLTE chunk whose length is not a multiple of 3 (which the `png` crate does not survive)
+/// rewritten to its whole entries, as PIL reads it: the partial entry and the entries never
+/// given are black. `None` when the palette is whole or absent.
+fn with_whole_palette_entries(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut pos = 8;
+    while pos + 8 <= bytes.len() {
+        let len = be32(bytes, pos);
+        let kind = &bytes[pos + 4..pos + 8];
+        let end = (pos + 12).checked_add(len).filter(|&e| e <= bytes.len())?;
+        match kind {
+            b"IDAT" => return None,
+            b"PLTE" if len % 3 != 0 => {
+                let mut out = bytes[..pos].to_vec();
+                // No whole entry: one black one, since the `png` crate refuses an empty PLTE.
+                let entries = match &bytes[pos + 8..pos + 8 + len / 3 * 3] {
+                    [] => &[0u8; 3][..],
+                    whole => whole,
+                };
+                push_chunk(&mut out, b"PLTE", entries);
+                out.extend_from_slice(&bytes[end..]);
+                return Some(out);
+            }
+            _ => pos = end,
+        }
+    }
+    None
 }
 
 type Reader<'a> = png::Reader<Cursor<&'a [u8]>>;

@@ -1,12 +1,13 @@
 //! Files headclip reads through a path: learned parameters with their `headclip.config`,
-//! training states, and CLIP checkpoints as safetensors. Seeds are the tiny fixture model's
-//! files (and a training state written from it); each input is read by the public loader.
+//! training states, CLIP checkpoints as safetensors, and the OpenCLIP and Hugging Face configs
+//! beside them. Seeds are the fixture models' files (and a training state written from the tiny
+//! one); each input is read by the public loader.
 
 use std::path::Path;
 
 use anyhow::Context as _;
 use fastrand::Rng;
-use headclip::clip::{load_state_dict, Clip, ClipConfig};
+use headclip::clip::{load_state_dict, read_rules, Clip, ClipConfig, StateDict};
 use headclip::model::{HeadClipConfig, HeadClipParams};
 use headclip::train::{TrainOptions, Trainer};
 use tch::Device;
@@ -147,6 +148,62 @@ pub fn checkpoint_target(ctx: &Context) -> anyhow::Result<Box<dyn Target>> {
         safetensors_mutation,
         Box::new(load),
     )))
+}
+
+/// The config-carrying fixtures: their folder, and the config file's name in it.
+const CONFIG_FIXTURES: [(&str, &str); 3] = [
+    ("openclip_gelu_hw80", "open_clip_config.json"),
+    ("openclip_quickgelu", "open_clip_config.json"),
+    ("hf_gelu", "config.json"),
+];
+
+/// `read_rules`, then the rules checked against each config fixture's tensors
+/// (`ClipConfig::infer_with`): accepted when some checkpoint fits them.
+pub fn clip_config_target(ctx: &Context) -> anyhow::Result<Box<dyn Target>> {
+    let fixtures = ctx.tiny.parent().context("the fixtures folder")?;
+    let mut seeds = Vec::new();
+    let mut states: Vec<StateDict> = Vec::new();
+    for (folder, config) in CONFIG_FIXTURES {
+        let dir = fixtures.join(folder);
+        let path = dir.join(config);
+        let bytes = std::fs::read(&path).with_context(|| format!("seed {}", path.display()))?;
+        seeds.push(Seed {
+            name: format!("{folder}/{config}"),
+            bytes,
+        });
+        let weights = headclip::clip::find_checkpoint(&dir)?;
+        states.push(load_state_dict(&weights)?);
+    }
+    let load = move |path: &Path| {
+        let rules = read_rules(path).map_err(|e| e.to_string())?;
+        let mut last_refusal = None;
+        for state in &states {
+            match ClipConfig::infer_with(state, &rules) {
+                Ok(_) => return Ok(()),
+                Err(e) => last_refusal = Some(e.to_string()),
+            }
+        }
+        Err(last_refusal.unwrap_or_default())
+    };
+    Ok(Box::new(FileTarget::new(
+        "clip_config",
+        seeds,
+        json_mutation,
+        Box::new(load),
+    )))
+}
+
+/// Mostly value-level edits of a JSON document that stays valid; a fifth format-blind (and
+/// every input that no longer parses).
+fn json_mutation(rng: &mut Rng, input: &mut Vec<u8>, partner: &[u8]) {
+    let parsed = serde_json::from_slice::<serde_json::Value>(input);
+    match parsed {
+        Ok(mut doc) if rng.u32(0..5) != 0 => {
+            mutate::json::mutate(rng, &mut doc);
+            *input = serde_json::to_vec(&doc).unwrap_or_default();
+        }
+        _ => mutate::bytes(rng, input, partner),
+    }
 }
 
 fn fixture_seeds(ctx: &Context, stems: &[&str]) -> anyhow::Result<Vec<Seed>> {

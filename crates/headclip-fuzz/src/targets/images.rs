@@ -88,6 +88,7 @@ fn data_error_kind(e: &DataError) -> String {
         DataError::Empty => "empty".into(),
         DataError::UnknownFormat { .. } => "not an image".into(),
         DataError::TooLarge { .. } => "too large".into(),
+        DataError::TooMuchWork { limit, .. } => format!("over {limit}"),
         DataError::Truncated { format, .. } => format!("truncated {format}"),
         DataError::Corrupt { format, .. } => format!("corrupt {format}"),
         DataError::Unsupported { format, .. } => format!("unsupported {format}"),

@@ -84,6 +84,7 @@ pub const REGISTRY: &[(&str, Builder)] = &[
     ("params", files::params_target),
     ("state", files::state_target),
     ("checkpoint", files::checkpoint_target),
+    ("clip_config", files::clip_config_target),
     ("http", http::http_target),
 ];
 
