@@ -376,7 +376,7 @@ fn seeds() -> anyhow::Result<Vec<Seed>> {
         seed(
             "form",
             post(
-                &format!("/v1/detect?overlay=url"),
+                "/v1/detect?overlay=url",
                 &format!("multipart/form-data; boundary={BOUNDARY}"),
                 &form(&[png, jpeg]),
             ),
@@ -439,7 +439,7 @@ fn mutate_request(rng: &mut Rng, input: &mut Vec<u8>, partner: &[u8], images: &[
         match rng.u32(0..10) {
             0 => lines[0] = request_line(rng),
             1 | 2 => edit_header(rng, &mut lines),
-            3 | 4 | 5 => edit_body_image(rng, &mut body, images),
+            3..=5 => edit_body_image(rng, &mut body, images),
             6 => mutate::edit(rng, &mut body, partner),
             7 => {
                 let i = rng.usize(..lines.len());
