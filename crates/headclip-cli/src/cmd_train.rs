@@ -19,8 +19,8 @@ use headclip::detector::load_clip;
 use headclip::model::{HeadClipConfig, LhwForm, LhwPaths, DEFAULT_DEEP_PROMPTS};
 use headclip::train::{
     memory, run_settings, setting_differences, CheckpointPolicy, EpochProgress, EpochRecord,
-    LossSelection, LossTerms, RunFiles, RunOutcome, TrainImage, TrainObserver, TrainOptions, TrainSet,
-    TrainSetCounts, Trainer,
+    LossSelection, LossTerms, RunFiles, RunOutcome, TrainImage, TrainObserver, TrainOptions,
+    TrainSet, TrainSetCounts, Trainer,
 };
 use headclip_data::datasets::{self, DataSpec, LoadOptions, DATA_SPEC_HELP};
 use indicatif::{ProgressBar, ProgressStyle};

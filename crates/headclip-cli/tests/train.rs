@@ -634,3 +634,57 @@ fn runs_are_not_mixed_and_outputs_are_checked_first() {
         "{log}"
     );
 }
+
+/// A checkpoint's config moves results, so `--resume` refuses a run whose paired config changed
+/// (here OpenCLIP's `quick_gelu`, which switches both towers' activation).
+#[test]
+fn resume_refuses_a_changed_backbone_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = small_category(dir.path());
+    let model = dir.path().join("openclip");
+    std::fs::create_dir(&model).unwrap();
+    let fixture = common::repo().join("crates/headclip/tests/fixtures/openclip_quickgelu");
+    for file in ["open_clip_model.safetensors", "open_clip_config.json"] {
+        std::fs::copy(fixture.join(file), model.join(file)).unwrap();
+    }
+    let out = dir.path().join("p.safetensors");
+    let run = |extra: &[&str]| {
+        common::headclip()
+            .args(["train", "--weights"])
+            .arg(&model)
+            .arg("--data")
+            .arg(format!("mvtec:{}", cat.display()))
+            .arg("--out")
+            .arg(&out)
+            .args([
+                "--image-size",
+                "64",
+                "--readout",
+                "1,2",
+                "--dpam-start",
+                "1",
+            ])
+            .args(["--batch-size", "4", "--threads", "2"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let first = run(&["--epochs", "1"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let config = model.join("open_clip_config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("\"quick_gelu\": true"), "{text}");
+    std::fs::write(
+        &config,
+        text.replace("\"quick_gelu\": true", "\"quick_gelu\": false"),
+    )
+    .unwrap();
+    let resumed = run(&["--epochs", "2", "--resume"]);
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert_eq!(resumed.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("CLIP config"), "{stderr}");
+}

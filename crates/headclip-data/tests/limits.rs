@@ -25,7 +25,9 @@ fn hostile_jpeg(side: u16, scans: usize) -> Vec<u8> {
     d.push(0x00);
     for _ in 0..scans {
         // One component, table 0/0, band 1..1, no successive approximation; one data byte.
-        d.extend([0xFF, 0xDA, 0x00, 0x08, 0x01, 0x01, 0x00, 0x01, 0x01, 0x00, 0x00]);
+        d.extend([
+            0xFF, 0xDA, 0x00, 0x08, 0x01, 0x01, 0x00, 0x01, 0x01, 0x00, 0x00,
+        ]);
     }
     d.extend([0xFF, 0xD9]);
     d
@@ -53,7 +55,10 @@ fn small_jpeg_with_many_scans_over_a_large_image_is_refused_before_decoding() {
     let e = decode_rgb(&bomb, &limits).unwrap_err();
     let message = e.to_string();
     assert_eq!(work_error(e), ("max_scans", 2000, 100));
-    assert!(message.contains("raise DecodeLimits::max_scans"), "{message}");
+    assert!(
+        message.contains("raise DecodeLimits::max_scans"),
+        "{message}"
+    );
     assert!(decode_cost(&bomb, &limits).is_err());
 }
 
@@ -117,7 +122,13 @@ fn other_formats_report_their_pixels_as_work() {
         .unwrap();
     let cost = decode_cost(&png, &DecodeLimits::default()).unwrap();
     assert_eq!(
-        (cost.format, cost.width, cost.height, cost.scans, cost.block_scans),
+        (
+            cost.format,
+            cost.width,
+            cost.height,
+            cost.scans,
+            cost.block_scans
+        ),
         (ImageFormat::Png, 30, 20, 1, 10)
     );
 }

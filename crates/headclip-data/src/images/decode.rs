@@ -194,7 +194,10 @@ fn check_webp_container(bytes: &[u8]) -> Result<(), DataError> {
     if riff_end > bytes.len() {
         return Err(DataError::Truncated {
             format: ImageFormat::WebP,
-            detail: format!("RIFF size says {riff_end} bytes, the file has {}", bytes.len()),
+            detail: format!(
+                "RIFF size says {riff_end} bytes, the file has {}",
+                bytes.len()
+            ),
         });
     }
     let mut pos = 12;

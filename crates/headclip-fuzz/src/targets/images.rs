@@ -74,7 +74,7 @@ impl Target for ImageTarget {
                 normalization: Normalization::CLIP,
             }
             .prepare_encoded(input.bytes, false)
-                .map(drop)
+            .map(drop)
         };
         match result {
             Ok(()) => Outcome::Accepted,
