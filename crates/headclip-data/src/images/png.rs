@@ -39,29 +39,13 @@ fn check_header_crcs(bytes: &[u8]) -> Result<(), DataError> {
             return Ok(()); // the decoder reports the truncation
         };
         let stored = u32::from_be_bytes(bytes[end..end + 4].try_into().unwrap());
-        if crc32(&bytes[pos + 4..end]) != stored {
+        if crc32fast::hash(&bytes[pos + 4..end]) != stored {
             let kind = String::from_utf8_lossy(kind);
             return Err(corrupt(format!("bad CRC in the {kind} chunk")));
         }
         pos = end + 4;
     }
     Ok(())
-}
-
-/// The CRC-32 of PNG chunks (ISO 3309), bit by bit: chunks before the image data are small.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 fn from_png_error(e: png::DecodingError) -> DataError {
@@ -181,7 +165,7 @@ fn push_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
     let start = out.len();
     out.extend_from_slice(kind);
     out.extend_from_slice(data);
-    let crc = crc32(&out[start..]);
+    let crc = crc32fast::hash(&out[start..]);
     out.extend_from_slice(&crc.to_be_bytes());
 }
 
