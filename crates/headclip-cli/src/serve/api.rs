@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use headclip_data::images::{ImageFormat, PreparedImage, RgbImage};
+use headclip_data::images::{DataError, ImageFormat, PreparedImage, RgbImage};
 use headclip_data::viz;
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
@@ -214,7 +214,12 @@ async fn detect_inner(
             let admitted = admit(app, &bytes)?;
             let result = timeout_at(
                 deadline,
-                score_image(app.clone(), bytes, params.overlay, admitted),
+                score_image(
+                    app.clone(),
+                    Payload::Encoded(bytes),
+                    params.overlay,
+                    admitted,
+                ),
             )
             .await
             .map_err(|_| ApiError::timeout(app.cfg.timeout.as_millis()))??;
@@ -241,7 +246,7 @@ async fn detect_inner(
 /// Reads and drops the body of a request being refused, so that a client still sending sees
 /// the answer instead of a reset connection. Not when the client waits for `100 Continue`: it
 /// will not send the body at all.
-async fn drain(req: Request, limit: usize, deadline: Deadline) {
+pub(super) async fn drain(req: Request, limit: usize, deadline: Deadline) {
     let expects_continue = req
         .headers()
         .get(header::EXPECT)
@@ -252,7 +257,7 @@ async fn drain(req: Request, limit: usize, deadline: Deadline) {
     }
 }
 
-fn body_timeout() -> ApiError {
+pub(super) fn body_timeout() -> ApiError {
     ApiError::new(
         StatusCode::REQUEST_TIMEOUT,
         "the request body did not arrive within the timeout",
@@ -334,7 +339,7 @@ async fn detect_form(
                 tasks.spawn(async move {
                     (
                         index,
-                        score_image(app, bytes, overlay, admitted)
+                        score_image(app, Payload::Encoded(bytes), overlay, admitted)
                             .await
                             .map_err(|e| e.context(&what)),
                     )
@@ -411,7 +416,7 @@ fn describe(index: usize, file_name: Option<&str>) -> String {
 }
 
 /// Reads the whole body, refusing it as soon as it passes `limit` bytes.
-async fn read_body(mut body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+pub(super) async fn read_body(mut body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::new();
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame =
@@ -439,30 +444,59 @@ impl Drop for QueuePlace {
 }
 
 /// An image let in: a queue place, and the pixels reserved for decoding it.
-struct Admitted {
+pub(super) struct Admitted {
     place: QueuePlace,
     pixels: Reservation,
-    format: ImageFormat,
+    /// The encoded format; `None` for decoded pixels.
+    format: Option<ImageFormat>,
+}
+
+/// An image as a request carries it.
+pub(super) enum Payload {
+    /// Encoded bytes, in a format the decoder sniffs.
+    Encoded(Bytes),
+    /// Pixels already decoded (the v2 protocol's UINT8 tensors).
+    Pixels(RgbImage),
 }
 
 /// Admits an image from its header, before any decoding: refuses it (413, 422) over the decode
 /// limits or when it is not an image, and with 503 and `Retry-After` when the `--queue` places
 /// or the `--decode-budget-pixels` are taken.
-fn admit(app: &Arc<App>, bytes: &[u8]) -> Result<Admitted, ApiError> {
+pub(super) fn admit(app: &Arc<App>, bytes: &[u8]) -> Result<Admitted, ApiError> {
     let estimate = decode::estimate(bytes, &app.preprocessor.limits).map_err(|e| {
         let refused = ApiError::from_data(&e);
         app.metrics.record_refused(header_refusal(refused.status));
         refused
     })?;
+    reserve(app, estimate.cost, Some(estimate.format))
+}
+
+/// [`admit`] for decoded pixels: refused (413) over `--max-pixels`, then as an encoded image.
+pub(super) fn admit_pixels(app: &Arc<App>, width: u32, height: u32) -> Result<Admitted, ApiError> {
+    let cost = u64::from(width) * u64::from(height);
+    let max_pixels = app.preprocessor.limits.max_pixels;
+    if cost > max_pixels {
+        app.metrics.record_refused(Refusal::Limits);
+        return Err(ApiError::from_data(&DataError::TooLarge {
+            width,
+            height,
+            max_pixels,
+        }));
+    }
+    reserve(app, cost, None)
+}
+
+/// A queue place and `cost` pixels of the decode budget, or 503 with `Retry-After`.
+fn reserve(app: &Arc<App>, cost: u64, format: Option<ImageFormat>) -> Result<Admitted, ApiError> {
     let place = take_queue_place(app)?;
-    let Some(pixels) = app.decode_budget.try_reserve(estimate.cost) else {
+    let Some(pixels) = app.decode_budget.try_reserve(cost) else {
         app.metrics.record_refused(Refusal::Budget);
         return Err(ApiError::busy_decoding(app.metrics.retry_after_s()));
     };
     Ok(Admitted {
         place,
         pixels,
-        format: estimate.format,
+        format,
     })
 }
 
@@ -495,8 +529,8 @@ enum OverlayOut {
     Url(String),
 }
 
-struct ImageResult {
-    scored: Scored,
+pub(super) struct ImageResult {
+    pub(super) scored: Scored,
     overlay: OverlayOut,
 }
 
@@ -537,9 +571,9 @@ fn round3(x: f64) -> f64 {
 
 /// Decodes (on the blocking pool), queues for the model, and draws the overlay (blocking pool).
 /// Dropping the future (timeout, client gone) cancels the blocking work not yet begun.
-async fn score_image(
+pub(super) async fn score_image(
     app: Arc<App>,
-    bytes: Bytes,
+    payload: Payload,
     overlay: OverlayMode,
     admitted: Admitted,
 ) -> Result<ImageResult, ApiError> {
@@ -552,7 +586,7 @@ async fn score_image(
     let _cancel_on_drop = cancel.on_drop();
     let (image, pixels) = prepare(
         &app,
-        bytes,
+        payload,
         format,
         overlay != OverlayMode::None,
         pixels,
@@ -590,8 +624,8 @@ async fn score_image(
 /// for the overlay only when there is one to draw (its original image is still held).
 async fn prepare(
     app: &Arc<App>,
-    bytes: Bytes,
-    format: ImageFormat,
+    payload: Payload,
+    format: Option<ImageFormat>,
     keep_original: bool,
     pixels: Reservation,
     cancel: &Cancel,
@@ -600,8 +634,21 @@ async fn prepare(
     let metrics = app.metrics.clone();
     let cancel = cancel.clone();
     let outcome = tokio::task::spawn_blocking(move || {
-        let outcome =
-            decode::prepare_unless_cancelled(&preprocessor, &bytes, format, keep_original, &cancel);
+        let outcome = match payload {
+            Payload::Encoded(bytes) => decode::prepare_unless_cancelled(
+                &preprocessor,
+                &bytes,
+                format,
+                keep_original,
+                &cancel,
+            ),
+            Payload::Pixels(image) => decode::prepare_pixels_unless_cancelled(
+                &preprocessor,
+                image,
+                keep_original,
+                &cancel,
+            ),
+        };
         if matches!(outcome, Err(NotPrepared::Cancelled)) {
             metrics.record_cancelled();
         }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use headclip_data::images::{
     decode_cost, decode_rgb, DataError, DecodeLimits, ImageFormat, ImageSource, PreparedImage,
-    Preprocessor,
+    Preprocessor, RgbImage,
 };
 
 /// What decoding an image is expected to cost, from its header.
@@ -111,7 +111,7 @@ pub enum NotPrepared {
 pub fn prepare_unless_cancelled(
     preprocessor: &Preprocessor,
     bytes: &[u8],
-    format: ImageFormat,
+    format: Option<ImageFormat>,
     keep_original: bool,
     cancel: &Cancel,
 ) -> Result<PreparedImage, NotPrepared> {
@@ -125,6 +125,21 @@ pub fn prepare_unless_cancelled(
     let mut prepared = preprocessor
         .prepare(ImageSource::Decoded(image), keep_original)
         .map_err(NotPrepared::Failed)?;
-    prepared.format = Some(format);
+    prepared.format = format;
     Ok(prepared)
+}
+
+/// Pre-processes pixels already decoded, unless the request has gone.
+pub fn prepare_pixels_unless_cancelled(
+    preprocessor: &Preprocessor,
+    image: RgbImage,
+    keep_original: bool,
+    cancel: &Cancel,
+) -> Result<PreparedImage, NotPrepared> {
+    if cancel.is_cancelled() {
+        return Err(NotPrepared::Cancelled);
+    }
+    preprocessor
+        .prepare(ImageSource::Decoded(image), keep_original)
+        .map_err(NotPrepared::Failed)
 }

@@ -14,6 +14,7 @@ mod error;
 mod listen;
 mod metrics;
 mod store;
+mod v2;
 mod worker;
 
 use std::net::SocketAddr;
@@ -241,6 +242,7 @@ fn router(app: Arc<App>) -> Result<Router> {
     let protected = Router::new()
         .route("/v1/detect", post(api::detect))
         .route("/v1/overlays/{file}", get(api::overlay_png))
+        .merge(v2::protected_routes())
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             api::require_token,
@@ -252,6 +254,7 @@ fn router(app: Arc<App>) -> Result<Router> {
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(api::metrics))
         .route("/v1/colormap.png", get(api::colormap_png))
+        .merge(v2::open_routes())
         .merge(protected)
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)

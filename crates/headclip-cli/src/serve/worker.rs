@@ -53,6 +53,8 @@ pub enum SubmitError {
 pub struct Submitter {
     tx: SyncSender<Job>,
     metrics: Arc<Metrics>,
+    /// Cleared when the model thread ends, however it ends (a panic included).
+    running: Arc<AtomicBool>,
 }
 
 impl Submitter {
@@ -65,6 +67,20 @@ impl Submitter {
                 TrySendError::Disconnected(_) => SubmitError::Stopped,
             }
         })
+    }
+
+    /// Whether the model thread is still there to score images.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+}
+
+/// Clears the running flag when dropped, on the model thread's way out.
+struct ClearOnExit(Arc<AtomicBool>);
+
+impl Drop for ClearOnExit {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 
@@ -110,12 +126,15 @@ pub fn start(
     let (tx, rx) = sync_channel::<Job>(batch.capacity.max(1));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Ready>>();
     let stop = Arc::new(AtomicBool::new(false));
+    let running = Arc::new(AtomicBool::new(true));
     let thread = {
         let stop = stop.clone();
         let metrics = metrics.clone();
+        let running = ClearOnExit(running.clone());
         std::thread::Builder::new()
             .name("headclip-model".into())
             .spawn(move || {
+                let _running = running;
                 // Loaded here, not on the caller's thread: the model never changes threads, and
                 // libtorch's thread settings apply to the thread that runs it.
                 let detector = match load_detector(&args) {
@@ -142,7 +161,12 @@ pub fn start(
         stop,
         thread: Some(thread),
     };
-    Ok((ready, Submitter { tx, metrics }, worker))
+    let submitter = Submitter {
+        tx,
+        metrics,
+        running,
+    };
+    Ok((ready, submitter, worker))
 }
 
 fn run_loop(
