@@ -21,14 +21,26 @@ impl Server {
     /// Starts the server with the tiny model and `extra` arguments, and waits for its
     /// `listening on` line.
     pub fn start(extra: &[&str]) -> Self {
+        let weights = tiny("clip_openai.safetensors");
+        let params = tiny("params_learned.safetensors");
+        let mut args = vec![
+            "--weights",
+            weights.to_str().unwrap(),
+            "--params",
+            params.to_str().unwrap(),
+            "--threads",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        Self::start_with(&args)
+    }
+
+    /// Starts `headclip serve ARGS` on a free loopback port.
+    pub fn start_with(args: &[&str]) -> Self {
         let mut child = headclip()
             .arg("serve")
-            .arg("--weights")
-            .arg(tiny("clip_openai.safetensors"))
-            .arg("--params")
-            .arg(tiny("params_learned.safetensors"))
-            .args(["--threads", "1", "--addr", "127.0.0.1:0"])
-            .args(extra)
+            .args(args)
+            .args(["--addr", "127.0.0.1:0"])
             .env_remove("HEADCLIP_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
