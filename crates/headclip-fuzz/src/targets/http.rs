@@ -381,7 +381,43 @@ fn seeds() -> anyhow::Result<Vec<Seed>> {
                 &form(&[png, jpeg]),
             ),
         ),
+        seed("v2_ready", get("/v2/health/ready")),
+        seed("v2_metadata", get("/v2/models/headclip")),
+        seed("v2_infer_binary", v2_infer_binary(&[png, jpeg])),
+        seed(
+            "v2_infer_pixels",
+            post(
+                "/v2/models/headclip/infer",
+                "application/json",
+                br#"{"inputs":[{"name":"pixels","datatype":"UINT8","shape":[1,2,2,3],"data":[[[[0,1,2],[3,4,5]],[[6,7,8],[9,10,11]]]]}],"outputs":[{"name":"score"}]}"#,
+            ),
+        ),
     ])
+}
+
+/// A v2 infer request with the binary-tensor extension, as tritonclient sends it: the JSON
+/// header, its length in `Inference-Header-Content-Length`, then the BYTES elements, each
+/// after its 4-byte length.
+fn v2_infer_binary(images: &[&Vec<u8>]) -> Vec<u8> {
+    let mut binary = Vec::new();
+    for img in images {
+        binary.extend_from_slice(&(img.len() as u32).to_le_bytes());
+        binary.extend_from_slice(img);
+    }
+    let header = format!(
+        r#"{{"inputs":[{{"name":"image","datatype":"BYTES","shape":[{}],"parameters":{{"binary_data_size":{}}}}}],"parameters":{{"binary_data_output":true}}}}"#,
+        images.len(),
+        binary.len()
+    );
+    let mut r = format!(
+        "POST /v2/models/headclip/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nInference-Header-Content-Length: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        header.len(),
+        header.len() + binary.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(header.as_bytes());
+    r.extend_from_slice(&binary);
+    r
 }
 
 fn get(path: &str) -> Vec<u8> {
