@@ -274,6 +274,9 @@ fn uint8_pixels_score_as_the_same_image_encoded() {
     }
 }
 
+/// A refused request: what it is, extra headers, body, the status expected.
+type Case = (&'static str, Vec<(&'static str, String)>, Vec<u8>, u16);
+
 #[test]
 fn malformed_and_oversized_requests_are_refused_with_their_reason() {
     let server = Server::start(&[
@@ -290,7 +293,7 @@ fn malformed_and_oversized_requests_are_refused_with_their_reason() {
                            "parameters": {"binary_data_size": size}}]})
     };
     let one = length_prefixed(&[&image]);
-    let cases: Vec<(&str, Vec<(&str, String)>, Vec<u8>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         ("not JSON", vec![], b"{\"inputs\": [".to_vec(), 400),
         ("no inputs", vec![], br#"{"inputs": []}"#.to_vec(), 400),
         (
