@@ -405,6 +405,8 @@ pub struct Report {
     pub model: ModelSummary,
     /// The data sets, in command-line order.
     pub datasets: Vec<DatasetReport>,
+    /// The calibration file whose thresholds the `calibrated` figures are at, if any.
+    pub calibration: Option<PathBuf>,
     /// Times.
     pub timing: Timing,
     /// Peak resident memory of the process (`VmHWM`), where the system reports it.
