@@ -19,8 +19,8 @@ use serde_json::json;
 
 use crate::calibration_args::CalibrationArgs;
 use crate::cmd_test::report::names::append_to_file_name;
-use headclip::calibration::Calibration;
 use crate::engine::{load_detector, ModelArgs};
+use headclip::calibration::Calibration;
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
@@ -271,13 +271,11 @@ pub fn run(args: PredictArgs) -> Result<i32> {
                     StreamFailure::Score(e) => Failure::Failed(e.to_string()),
                 })
                 .and_then(|(detection, ())| {
-                    emit(input, &detection, args.out.as_deref(), &looks).map_err(|e| {
-                        match e.downcast_ref::<io::Error>() {
-                            Some(io) if io.kind() == io::ErrorKind::BrokenPipe => {
-                                Failure::ReaderGone
-                            }
-                            _ => Failure::Failed(format!("{e:#}")),
-                        }
+                    emit(input, &detection, args.out.as_deref(), &looks).map_err(|e| match e
+                        .downcast_ref::<io::Error>(
+                    ) {
+                        Some(io) if io.kind() == io::ErrorKind::BrokenPipe => Failure::ReaderGone,
+                        _ => Failure::Failed(format!("{e:#}")),
                     })
                 });
             let printed = match outcome {

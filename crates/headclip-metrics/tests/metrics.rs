@@ -319,7 +319,12 @@ fn full_size_category() {
 fn f1_max_thresholds_follow_precision_recall_curve() {
     let cases: [(&[f32], &[bool], f32, f64); 5] = [
         // 0.8 → F1 2/3, 0.4 → 1/2, 0.35 → 4/5, 0.1 → 2/3.
-        (&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true], 0.35, 0.8),
+        (
+            &[0.1, 0.4, 0.35, 0.8],
+            &[false, false, true, true],
+            0.35,
+            0.8,
+        ),
         // Tied scores move together: 0.5 takes one normal and one anomalous image at once.
         (
             &[0.2, 0.2, 0.5, 0.5, 0.9],
@@ -328,10 +333,20 @@ fn f1_max_thresholds_follow_precision_recall_curve() {
             0.75,
         ),
         // 0.9 and 0.1 both give exactly 2/3: the lowest wins, as numpy's argmax picks it.
-        (&[0.1, 0.3, 0.6, 0.9], &[true, false, false, true], 0.1, 2.0 / 3.0),
+        (
+            &[0.1, 0.3, 0.6, 0.9],
+            &[true, false, false, true],
+            0.1,
+            2.0 / 3.0,
+        ),
         // One distinct score: the only threshold.
         (&[0.5, 0.5, 0.5], &[false, true, true], 0.5, 0.8),
-        (&[0.1, 0.2, 0.3, 0.4], &[true, false, true, false], 0.1, 2.0 / 3.0),
+        (
+            &[0.1, 0.2, 0.3, 0.4],
+            &[true, false, true, false],
+            0.1,
+            2.0 / 3.0,
+        ),
     ];
     for (scores, labels, threshold, f1) in cases {
         let m = image_metrics(scores, labels).unwrap();

@@ -167,9 +167,12 @@ impl Calibration {
                 calibration.format
             )));
         }
-        let finite = |t: &Threshold| t.threshold.is_finite() && t.min.is_finite() && t.max.is_finite();
+        let finite =
+            |t: &Threshold| t.threshold.is_finite() && t.min.is_finite() && t.max.is_finite();
         if !finite(&calibration.image) || calibration.pixel.as_ref().is_some_and(|p| !finite(p)) {
-            return Err(file_error("a threshold or range is not a finite number".into()));
+            return Err(file_error(
+                "a threshold or range is not a finite number".into(),
+            ));
         }
         Ok(calibration)
     }
@@ -230,7 +233,12 @@ impl Calibration {
             detection.width as usize,
             detection.height as usize,
         );
-        Some(resized.iter().map(|&v| u8::from(pixel.positive(v))).collect())
+        Some(
+            resized
+                .iter()
+                .map(|&v| u8::from(pixel.positive(v)))
+                .collect(),
+        )
     }
 }
 
@@ -351,7 +359,9 @@ pub fn calibrate(
         .map_err(|e| CalibrationError::Identity(e.to_string()))?;
     let all = || datasets.iter().flat_map(|d| &d.categories);
     let normal: usize = all().map(|c: &Category| c.num_normal()).sum();
-    let anomalous: usize = all().map(|c: &Category| c.samples.len() - c.num_normal()).sum();
+    let anomalous: usize = all()
+        .map(|c: &Category| c.samples.len() - c.num_normal())
+        .sum();
     let labelled = matches!(choice, Choice::Auto) && normal > 0 && anomalous > 0;
     if normal == 0 && !labelled {
         return Err(CalibrationError::Data(
@@ -408,7 +418,9 @@ fn range_of(values: &[f32]) -> (f32, f32) {
         })
 }
 
-fn f1_thresholds(c: &mut Collector<'_>) -> Result<(Threshold, Option<Threshold>), CalibrationError> {
+fn f1_thresholds(
+    c: &mut Collector<'_>,
+) -> Result<(Threshold, Option<Threshold>), CalibrationError> {
     let metrics = image_metrics(&c.scores, &c.labels)
         .map_err(|e| CalibrationError::Data(format!("image scores: {e}")))?;
     let threshold = metrics.f1_threshold.ok_or_else(|| {
@@ -473,7 +485,10 @@ mod tests {
         for (q, want) in [(0.0, 1.0), (0.5, 3.5), (0.99, 8.79), (1.0, 9.0), (0.3, 2.1)] {
             let mut v = values;
             let got = quantile(&mut v, q).unwrap();
-            assert!((f64::from(got) - want).abs() < 1e-6, "q {q}: {got} vs {want}");
+            assert!(
+                (f64::from(got) - want).abs() < 1e-6,
+                "q {q}: {got} vs {want}"
+            );
         }
         assert_eq!(quantile(&mut [], 0.5), None);
         assert_eq!(quantile(&mut [0.25], 0.99), Some(0.25));

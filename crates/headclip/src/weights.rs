@@ -272,7 +272,10 @@ pub fn sha256_file_cached(path: &Path) -> Result<String, WeightsError> {
     let on_disk = (stamp.len >= MEMO_MIN_BYTES)
         .then(|| cache_dir(None).ok())
         .flatten()
-        .map(|dir| dir.join("checksums").join(sha256_hex(key.to_string_lossy().as_bytes())));
+        .map(|dir| {
+            dir.join("checksums")
+                .join(sha256_hex(key.to_string_lossy().as_bytes()))
+        });
     let remembered = on_disk
         .as_deref()
         .and_then(|file| fs::read_to_string(file).ok())

@@ -2,7 +2,9 @@
 //! a few `|`-joined cells, and no Markdown crate writes tables.
 
 use anyhow::Result;
-use headclip::eval::{AtThresholds, AuproVariants, CategoryResult, DatasetResult, Metric, MetricSet};
+use headclip::eval::{
+    AtThresholds, AuproVariants, CategoryResult, DatasetResult, Metric, MetricSet,
+};
 
 use super::{percent, ABSENT};
 

@@ -218,7 +218,12 @@ async fn detect_inner(
             )
             .await
             .map_err(|_| ApiError::timeout(app.cfg.timeout.as_millis()))??;
-            Ok(result.to_json(params.threshold, app.cfg.calibration.as_ref(), started, None))
+            Ok(result.to_json(
+                params.threshold,
+                app.cfg.calibration.as_ref(),
+                started,
+                None,
+            ))
         }
         BodyKind::Multipart => {
             let mut form = Multipart::from_request(req, &())
@@ -379,8 +384,12 @@ async fn detect_form(
         .into_iter()
         .zip(names)
         .map(|(r, name)| {
-            r.expect("every task answered")
-                .to_json(params.threshold, app.cfg.calibration.as_ref(), started, name)
+            r.expect("every task answered").to_json(
+                params.threshold,
+                app.cfg.calibration.as_ref(),
+                started,
+                name,
+            )
         })
         .collect();
     Ok(Value::Array(out))

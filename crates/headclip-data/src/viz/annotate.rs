@@ -77,9 +77,7 @@ fn draw_text(image: &mut RgbImage, text: &str) {
     let advance = GLYPH_W + 1;
     let cols = chars.len() * advance + 1;
     // Text about a twelfth of the image's height, but never wider than two thirds of it.
-    let scale = (h / 12 / (GLYPH_H + 2))
-        .min(w * 2 / 3 / cols.max(1))
-        .max(1);
+    let scale = (h / 12 / (GLYPH_H + 2)).min(w * 2 / 3 / cols.max(1)).max(1);
     let (box_w, box_h) = (cols * scale, (GLYPH_H + 2) * scale);
     if box_w > w || box_h > h {
         return;

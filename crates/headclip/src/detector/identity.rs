@@ -90,11 +90,7 @@ impl ScoreIdentity {
             self.image_size.to_string(),
             other.image_size.to_string(),
         );
-        check(
-            "precision",
-            self.precision.clone(),
-            other.precision.clone(),
-        );
+        check("precision", self.precision.clone(), other.precision.clone());
         check(
             "references",
             format!("{:?}", self.references),
@@ -105,11 +101,7 @@ impl ScoreIdentity {
             format!("{:?}", self.beta),
             format!("{:?}", other.beta),
         );
-        check(
-            "class name",
-            opt(&self.class_name),
-            opt(&other.class_name),
-        );
+        check("class name", opt(&self.class_name), opt(&other.class_name));
         out
     }
 }
@@ -119,8 +111,8 @@ impl Detector {
     /// [`weights::sha256_file_cached`] (a large checkpoint is hashed once, then remembered).
     pub fn score_identity(&self) -> Result<ScoreIdentity, IdentityError> {
         let spec = self.spec();
-        let checkpoint = find_checkpoint(&spec.weights)
-            .map_err(|e| IdentityError::Checkpoint(e.to_string()))?;
+        let checkpoint =
+            find_checkpoint(&spec.weights).map_err(|e| IdentityError::Checkpoint(e.to_string()))?;
         let params_sha256 = match &spec.params {
             Some(path) => Some(weights::sha256_file_cached(path)?),
             None => None,

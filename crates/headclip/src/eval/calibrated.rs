@@ -61,7 +61,9 @@ impl AtThresholds {
             let (_, image, pixel) = out.get_or_insert((a.thresholds, Confusion::default(), None));
             image.merge(&a.image.counts);
             if let Some(p) = &a.pixel {
-                pixel.get_or_insert_with(Confusion::default).merge(&p.counts);
+                pixel
+                    .get_or_insert_with(Confusion::default)
+                    .merge(&p.counts);
             }
         }
         out.map(|(thresholds, image, pixel)| AtThresholds {

@@ -292,7 +292,8 @@ impl DatasetResult {
     /// Gathers the categories' results of `dataset` and their means.
     pub fn new(dataset: &Dataset, categories: Vec<CategoryResult>) -> Self {
         let (mean, mean_over) = MetricSet::mean(categories.iter().map(|c| &c.metrics));
-        let calibrated = AtThresholds::pooled(categories.iter().filter_map(|c| c.calibrated.as_ref()));
+        let calibrated =
+            AtThresholds::pooled(categories.iter().filter_map(|c| c.calibrated.as_ref()));
         DatasetResult {
             calibrated,
             name: dataset.name.clone(),

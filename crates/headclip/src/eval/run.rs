@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use std::ops::ControlFlow;
 
-use super::curves::PixelHistogram;
 use super::calibrated::{defect_rows, AtThresholds, Thresholds};
+use super::curves::PixelHistogram;
 use super::{CategoryResult, DatasetResult, MetricSet};
 use crate::detector::{DetectError, Detection, Detector, StreamFailure, StreamOptions};
 use headclip_data::datasets::{Category, Dataset, Sample};
