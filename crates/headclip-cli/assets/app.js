@@ -17,6 +17,9 @@
   const queue = [];
   let running = 0;
   let authRequired = false;
+  // The calibration's image threshold, when the server has one; the slider starts there.
+  let calibrated = null;
+  let digits = 2;
 
   function threshold() {
     return Number(slider.value);
@@ -32,6 +35,18 @@
     .then((h) => {
       $("model-info").textContent =
         `${h.model} · S = ${h.image_size} · ${h.mode === "learned" ? "learned prompts" : "training-free"} · ${h.device}`;
+      if (h.calibration) {
+        calibrated = h.calibration.image_threshold;
+        // A calibrated threshold is kept exactly, not snapped to the slider's steps.
+        slider.step = "any";
+        digits = 3;
+        const how = h.calibration.method.kind === "quantile"
+          ? `quantile ${h.calibration.method.quantile} of normal images`
+          : "F1-max on labelled images";
+        $("calibration-text").textContent =
+          `Calibrated threshold ${fmt(calibrated)} (${how}, ${h.calibration.images} images)`;
+        $("calibration").hidden = false;
+      }
       slider.value = String(h.threshold);
       authRequired = !!h.auth_required;
       tokenRow.hidden = !authRequired;
@@ -46,7 +61,8 @@
   // ---- threshold ----
   function rejudge() {
     const t = threshold();
-    sliderValue.textContent = t.toFixed(2);
+    sliderValue.textContent = t.toFixed(digits);
+    $("calibration-reset").disabled = calibrated === null || t === calibrated;
     let done = 0;
     let anomalous = 0;
     for (const card of results.querySelectorAll(".card[data-state=done]")) {
@@ -62,12 +78,16 @@
     const pending = results.querySelectorAll(".card[data-state=pending]").length;
     const failed = results.querySelectorAll(".card[data-state=error]").length;
     const parts = [];
-    if (done) parts.push(`${anomalous} of ${done} anomalous at ${t.toFixed(2)}`);
+    if (done) parts.push(`${anomalous} of ${done} anomalous at ${t.toFixed(digits)}`);
     if (pending) parts.push(`${pending} scoring`);
     if (failed) parts.push(`${failed} failed`);
     summary.textContent = parts.length ? parts.join(" · ") : "No images yet.";
   }
   slider.addEventListener("input", rejudge);
+  $("calibration-reset").addEventListener("click", () => {
+    slider.value = String(calibrated);
+    rejudge();
+  });
 
   // ---- files in ----
   function addFiles(files) {

@@ -17,16 +17,24 @@ use headclip_data::viz;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use crate::calibration_args::CalibrationArgs;
 use crate::cmd_test::report::names::append_to_file_name;
 use crate::engine::{load_detector, ModelArgs};
+use headclip::calibration::Calibration;
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Write `<name>.npy` (the S×S anomaly map, f32) and `<name>_overlay.png` here.
+    /// Write `<name>.npy` (the S×S anomaly map, f32) and `<name>_overlay.png` here, and with
+    /// --calibration `<name>_mask.png` (the predicted mask at the image's size).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub calibration: CalibrationArgs,
+    /// Overlays without the colour bar and the score drawn on them.
+    #[arg(long)]
+    pub plain_overlays: bool,
     /// Images scored together.
     #[arg(long, default_value_t = 1)]
     pub batch_size: usize,
@@ -233,6 +241,11 @@ pub fn run(args: PredictArgs) -> Result<i32> {
         max_pixels: args.max_pixels,
         ..DecodeLimits::default()
     });
+    let calibration = args.calibration.load(&detector)?;
+    let looks = Looks {
+        calibration: calibration.as_ref(),
+        plain_overlays: args.plain_overlays,
+    };
     let progress = ProgressBar::new(inputs.len() as u64);
     progress.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} images, {per_sec}, eta {eta} {msg}")
@@ -258,13 +271,11 @@ pub fn run(args: PredictArgs) -> Result<i32> {
                     StreamFailure::Score(e) => Failure::Failed(e.to_string()),
                 })
                 .and_then(|(detection, ())| {
-                    emit(input, &detection, args.out.as_deref()).map_err(|e| {
-                        match e.downcast_ref::<io::Error>() {
-                            Some(io) if io.kind() == io::ErrorKind::BrokenPipe => {
-                                Failure::ReaderGone
-                            }
-                            _ => Failure::Failed(format!("{e:#}")),
-                        }
+                    emit(input, &detection, args.out.as_deref(), &looks).map_err(|e| match e
+                        .downcast_ref::<io::Error>(
+                    ) {
+                        Some(io) if io.kind() == io::ErrorKind::BrokenPipe => Failure::ReaderGone,
+                        _ => Failure::Failed(format!("{e:#}")),
                     })
                 });
             let printed = match outcome {
@@ -358,7 +369,13 @@ fn print_line(line: &serde_json::Value) -> io::Result<()> {
     out.flush()
 }
 
-fn emit(input: &Input, d: &Detection, out: Option<&Path>) -> Result<()> {
+/// How results are dressed: verdicts from a calibration, overlays plain or annotated.
+struct Looks<'a> {
+    calibration: Option<&'a Calibration>,
+    plain_overlays: bool,
+}
+
+fn emit(input: &Input, d: &Detection, out: Option<&Path>, looks: &Looks<'_>) -> Result<()> {
     let mut line = json!({
         "path": input.path,
         "score": d.score,
@@ -369,6 +386,17 @@ fn emit(input: &Input, d: &Detection, out: Option<&Path>) -> Result<()> {
         "width": d.width,
         "height": d.height,
     });
+    let verdict = looks.calibration.map(|c| c.verdict(d));
+    if let Some(v) = &verdict {
+        line["anomalous"] = json!(v.anomalous);
+        line["normalised_score"] = json!(v.normalised_score);
+        if let Some(n) = v.normalised_map_max {
+            line["normalised_map_max"] = json!(n);
+        }
+        if let Some(n) = v.anomalous_pixels {
+            line["anomalous_pixels"] = json!(n);
+        }
+    }
     if let Some(out) = out {
         let base = out.join(&input.name);
         if let Some(parent) = base.parent() {
@@ -381,11 +409,24 @@ fn emit(input: &Input, d: &Detection, out: Option<&Path>) -> Result<()> {
         ndarray_npy::WriteNpyExt::write_npy(&map, &mut npy)?;
         write_atomically(&npy_path, &npy)?;
         let overlay_path = append_to_file_name(&base, "_overlay.png");
-        if let Some(overlay) = d.overlay() {
+        if let Some(mut overlay) = d.overlay() {
+            if !looks.plain_overlays {
+                let annotation = viz::Annotation {
+                    score: d.score,
+                    verdict: verdict.as_ref().map(|v| v.anomalous),
+                    pixel_threshold: looks.calibration.and_then(|c| c.pixel).map(|p| p.threshold),
+                };
+                viz::annotate(&mut overlay, &annotation);
+            }
             write_atomically(&overlay_path, &viz::encode_png(&overlay)?)?;
         }
         line["map"] = json!(npy_path);
         line["overlay"] = json!(overlay_path);
+        if let Some(mask) = looks.calibration.and_then(|c| c.predicted_mask(d)) {
+            let mask_path = append_to_file_name(&base, "_mask.png");
+            write_atomically(&mask_path, &viz::encode_mask_png(&mask, d.width, d.height)?)?;
+            line["mask"] = json!(mask_path);
+        }
     }
     print_line(&line)?;
     Ok(())

@@ -83,7 +83,9 @@ use anyhow::{bail, Result};
 use clap::Args;
 use headclip_data::images::DecodeLimits;
 
+use crate::calibration_args::CalibrationArgs;
 use crate::engine::ModelArgs;
+use headclip::calibration::Calibration;
 
 #[path = "serve/mod.rs"]
 mod serve;
@@ -98,9 +100,12 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer <TOKEN>` on /v1/detect and /v1/overlays.
     #[arg(long, env = "HEADCLIP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Default decision threshold: an image is anomalous when its score is at least this.
-    #[arg(long, default_value_t = 0.5)]
-    pub threshold: f32,
+    /// Default decision threshold: an image is anomalous when its score is at least this
+    /// (default: the calibration's image threshold, else 0.5).
+    #[arg(long)]
+    pub threshold: Option<f32>,
+    #[command(flatten)]
+    pub calibration: CalibrationArgs,
     /// Most images scored together in one batch.
     #[arg(long, default_value_t = 8)]
     pub max_batch: usize,
@@ -171,10 +176,31 @@ pub fn run(args: ServeArgs) -> Result<i32> {
     let Ok(max_body_bytes) = usize::try_from(args.max_body_bytes) else {
         bail!("--max-body-bytes is too large for this machine");
     };
+    let calibration = match &args.calibration.calibration {
+        Some(path) => Some(serve::Loaded {
+            path: path.clone(),
+            calibration: Calibration::load(path)?,
+            force: args.calibration.force_calibration,
+        }),
+        None => None,
+    };
+    let threshold = match (args.threshold, &calibration) {
+        (Some(t), Some(c)) => {
+            tracing::warn!(
+                "--threshold {t} replaces the calibration's image threshold {} as the default",
+                c.calibration.image.threshold
+            );
+            t
+        }
+        (Some(t), None) => t,
+        (None, Some(c)) => c.calibration.image.threshold.clamp(0.0, 1.0),
+        (None, None) => 0.5,
+    };
     let config = serve::Config {
         addr: args.addr,
         token: args.token,
-        threshold: args.threshold,
+        threshold,
+        calibration,
         max_batch: args.max_batch,
         batch_wait: Duration::from_millis(args.batch_wait_ms),
         queue: args.queue,

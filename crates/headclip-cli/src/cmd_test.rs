@@ -47,7 +47,7 @@ use headclip::detector::Detector;
 use headclip::eval::select::Instructive;
 use headclip::eval::{
     self, AuproVariants, CategoryDone, DatasetReport, EvalError, EvalObserver, EvalOptions,
-    Evaluation, ModelSummary, ObserverError, Report, ScoredImage, Timing,
+    Evaluation, ModelSummary, ObserverError, Report, ScoredImage, Thresholds, Timing,
 };
 use headclip::write_atomically;
 use headclip_data::datasets::{self, DataSpec, Dataset, LoadOptions, DATA_SPEC_HELP};
@@ -55,7 +55,9 @@ use headclip_data::images::DecodeLimits;
 use headclip_metrics::AUPRO_FPR_LIMIT;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::calibration_args::CalibrationArgs;
 use crate::engine::{load_detector, ModelArgs};
+use headclip::calibration::Calibration;
 use report::gallery::{self, SmallMap};
 use report::names;
 
@@ -126,6 +128,8 @@ pub struct TestArgs {
     /// Refuse images with more pixels than this (decompression bombs), checked before decoding.
     #[arg(long, default_value_t = DecodeLimits::default().max_pixels)]
     pub max_pixels: u64,
+    #[command(flatten)]
+    pub calibration: CalibrationArgs,
 }
 
 /// The checked options: whatever is wrong with them is found before any data set is read.
@@ -139,6 +143,9 @@ struct Plan {
     batch_size: usize,
     decode_threads: usize,
     gallery_size: usize,
+    calibration_args: CalibrationArgs,
+    /// Loaded with the model, whose identity it is checked against.
+    calibration: Option<Calibration>,
 }
 
 /// Where the reports go (each optional).
@@ -178,6 +185,8 @@ impl Plan {
             batch_size: args.batch_size,
             decode_threads,
             gallery_size: args.gallery_size,
+            calibration_args: args.calibration,
+            calibration: None,
         })
     }
 
@@ -190,6 +199,10 @@ impl Plan {
             batch_size: self.batch_size,
             decode_threads: self.decode_threads,
             pixel_curves: self.outputs.pictures.is_some(),
+            thresholds: self.calibration.as_ref().map(|c| Thresholds {
+                image: c.image.threshold,
+                pixel: c.pixel.map(|p| p.threshold),
+            }),
         }
     }
 }
@@ -245,7 +258,7 @@ fn peak_rss_bytes() -> Option<u64> {
 }
 
 /// Loads and checks every data set before anything is computed; prints their warnings.
-fn load_datasets(specs: &[DataSpec], allow_missing_masks: bool) -> Result<Vec<Dataset>> {
+pub(crate) fn load_datasets(specs: &[DataSpec], allow_missing_masks: bool) -> Result<Vec<Dataset>> {
     let opts = LoadOptions {
         allow_missing_masks,
         check_sizes: true,
@@ -314,6 +327,7 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 /// `--save-maps`: .npy files as images are scored, and the rows of `scores.csv`.
 struct MapsOut<'a> {
     dir: &'a Path,
+    calibration: Option<&'a Calibration>,
     names: Vec<Vec<Vec<PathBuf>>>,
     side: usize,
     rows: csv::Writer<Vec<u8>>,
@@ -321,7 +335,7 @@ struct MapsOut<'a> {
 }
 
 impl<'a> MapsOut<'a> {
-    const COLUMNS: [&'static str; 9] = [
+    const COLUMNS: [&'static str; 10] = [
         "dataset",
         "category",
         "image",
@@ -331,18 +345,24 @@ impl<'a> MapsOut<'a> {
         "global_score",
         "pixel_score",
         "npy",
+        "defect",
     ];
+    /// With a calibration.
+    const VERDICT_COLUMNS: [&'static str; 2] = ["verdict", "normalised_score"];
 
     fn new(
         dir: &'a Path,
         datasets: &[Dataset],
         folders: &[Vec<PathBuf>],
         side: usize,
+        calibration: Option<&'a Calibration>,
     ) -> Result<Self> {
         let mut rows = csv::Writer::from_writer(Vec::new());
-        rows.write_record(Self::COLUMNS)?;
+        let verdicts = calibration.map_or(&[][..], |_| &Self::VERDICT_COLUMNS[..]);
+        rows.write_record(Self::COLUMNS.iter().chain(verdicts))?;
         Ok(MapsOut {
             dir,
+            calibration,
             names: names::map_names(datasets, folders),
             side,
             rows,
@@ -375,7 +395,7 @@ impl<'a> MapsOut<'a> {
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect();
         let s = img.sample;
-        self.rows.write_record([
+        let mut record = vec![
             img.dataset.name.clone(),
             img.category.name.clone(),
             s.image.display().to_string(),
@@ -388,7 +408,14 @@ impl<'a> MapsOut<'a> {
             img.score.global_score.to_string(),
             img.score.pixel_score.to_string(),
             npy.join("/"),
-        ])?;
+            s.defect.clone().unwrap_or_default(),
+        ];
+        if let Some(c) = self.calibration {
+            let v = c.verdict(img.score);
+            record.push(if v.anomalous { "1" } else { "0" }.to_string());
+            record.push(v.normalised_score.to_string());
+        }
+        self.rows.write_record(record)?;
         Ok(())
     }
 
@@ -463,7 +490,13 @@ impl<'a> Observer<'a> {
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         let maps = match plan.outputs.save_maps.as_deref() {
-            Some(dir) => Some(MapsOut::new(dir, datasets, folders, side)?),
+            Some(dir) => Some(MapsOut::new(
+                dir,
+                datasets,
+                folders,
+                side,
+                plan.calibration.as_ref(),
+            )?),
             None => None,
         };
         let pictures = plan.outputs.pictures.as_deref().map(|dir| PicturesOut {
@@ -601,6 +634,7 @@ fn json_report(
                 result,
             })
             .collect(),
+        calibration: plan.calibration_args.calibration.clone(),
         timing,
         peak_rss_bytes: peak_rss_bytes(),
     };
@@ -635,6 +669,19 @@ fn write_reports(
     print!(
         "{}",
         report::table::markdown(&evaluation.datasets, plan.aupro)
+    );
+    let defects = report::table::markdown_defects(&evaluation.datasets);
+    if !defects.is_empty() {
+        print!("\nPer defect type, against the category's normal images:\n\n{defects}");
+    }
+    let at = if plan.calibration.is_some() {
+        "F1-max is reached at, and figures at the calibrated thresholds"
+    } else {
+        "F1-max is reached at"
+    };
+    print!(
+        "\nThresholds where {at} (a value is positive when ≥ its threshold):\n\n{}",
+        report::table::markdown_thresholds(&evaluation.datasets)
     );
     if let Some(path) = &plan.outputs.csv {
         write_file(path, &report::table::csv(&evaluation.datasets, plan.aupro)?)?;
@@ -691,6 +738,8 @@ pub fn run(args: TestArgs) -> Result<i32> {
 
     let model_started = Instant::now();
     let detector = load_model(&plan)?;
+    let mut plan = plan;
+    plan.calibration = plan.calibration_args.load(&detector)?;
     let setup = Setup {
         started,
         data_load_seconds,

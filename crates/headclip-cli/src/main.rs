@@ -1,7 +1,9 @@
 //! The `headclip` command: a thin layer over the `headclip` library that parses arguments,
 //! finds the weights, reports progress and errors, and writes files.
 
+mod calibration_args;
 mod cmd_bench;
+mod cmd_calibrate;
 mod cmd_predict;
 mod cmd_serve;
 mod cmd_test;
@@ -30,6 +32,8 @@ enum Command {
     Train(cmd_train::TrainArgs),
     /// Evaluate on data sets with the published protocol: tables, curves, galleries.
     Test(cmd_test::TestArgs),
+    /// Choose thresholds for verdicts on a validation set (labelled, or normal images only).
+    Calibrate(cmd_calibrate::CalibrateArgs),
     /// Serve detection over HTTP, with a web page.
     Serve(cmd_serve::ServeArgs),
     /// Time inference and training steps (see BENCHMARKS.md).
@@ -62,6 +66,7 @@ fn main() {
         Command::Predict(args) => cmd_predict::run(args),
         Command::Train(args) => cmd_train::run(args),
         Command::Test(args) => cmd_test::run(args),
+        Command::Calibrate(args) => cmd_calibrate::run(args),
         Command::Serve(args) => cmd_serve::run(args),
         Command::Bench(args) => cmd_bench::run(args),
         Command::Weights(args) => cmd_weights::run(args).map(|()| 0),

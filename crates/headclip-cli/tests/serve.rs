@@ -1638,3 +1638,67 @@ fn a_non_finite_score_is_an_error_status() {
     }
     assert_eq!(get(&server.url("/healthz")).0, 200);
 }
+
+/// A calibration file made by hand for another model: `serve` refuses it, naming the
+/// difference; forced, the calibrated threshold is the default, results carry the normalised
+/// score, and `/healthz` describes the calibration.
+#[test]
+fn calibration_sets_the_threshold_and_normalises_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cal.json");
+    let calibration = json!({
+        "format": 1,
+        "headclip_version": "0.1.0",
+        "method": {"kind": "quantile", "quantile": 0.99},
+        "data": ["folder:normal=good"],
+        "counts": {"images": 5, "normal": 5, "anomalous": 0, "pixel_images": 5},
+        "image": {"threshold": 0.4375, "min": 0.25, "max": 0.75},
+        "pixel": {"threshold": 0.5, "min": 0.0, "max": 1.0},
+        "identity": {
+            "weights_sha256": "0".repeat(64),
+            "params_sha256": null,
+            "architecture": "ViT-B/16",
+            "backbone_config_sha256": "1".repeat(64),
+            "scoring_config_sha256": "2".repeat(64),
+            "image_size": 224,
+            "precision": "fp32"
+        }
+    });
+    std::fs::write(&file, calibration.to_string()).unwrap();
+    let refused = common::headclip()
+        .arg("serve")
+        .arg("--weights")
+        .arg(tiny("clip_openai.safetensors"))
+        .arg("--params")
+        .arg(tiny("params_learned.safetensors"))
+        .args(["--threads", "1", "--addr", "127.0.0.1:0", "--calibration"])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("image size: 96 here, 224 in"), "{stderr}");
+
+    let path = file.display().to_string();
+    let server = Server::start(&["--calibration", &path, "--force-calibration"]);
+    let health = json_of(&get(&server.url("/healthz")));
+    assert_eq!(health["threshold"], 0.4375);
+    assert_eq!(health["calibration"]["image_threshold"], 0.4375);
+    assert_eq!(health["calibration"]["method"]["kind"], "quantile");
+    let r = json_of(&post(
+        &server.url("/v1/detect?overlay=none"),
+        Some("image/png"),
+        &bottle(),
+        None,
+    ));
+    let score = r["score"].as_f64().unwrap();
+    assert_eq!(r["threshold"], 0.4375);
+    assert_eq!(r["calibrated_anomalous"], score as f32 >= 0.4375);
+    let want = ((score - 0.4375) / 0.5 + 0.5).clamp(0.0, 1.0);
+    assert!(
+        (r["normalised_score"].as_f64().unwrap() - want).abs() < 1e-6,
+        "{r}"
+    );
+    assert!(r["anomalous_pixels"].is_u64(), "{r}");
+}

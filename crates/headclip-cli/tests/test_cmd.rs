@@ -74,11 +74,13 @@ fn headct_spec(dir: &Path, rows: &[(&str, &str)]) -> String {
     )
 }
 
-/// The cells of each Markdown table row (header and rule included).
+/// The cells of each row (header and rule included) of the first Markdown table, the metrics;
+/// the per-defect and threshold tables follow it after a blank line.
 fn table(stdout: &str) -> Vec<Vec<String>> {
     stdout
         .lines()
-        .filter(|l| l.starts_with('|'))
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
         .map(|l| {
             l.trim()
                 .trim_matches('|')
@@ -245,8 +247,19 @@ fn evaluates_three_kinds_of_data_set_and_writes_every_output() {
     assert_eq!(ds[0]["warnings"].as_array().unwrap().len(), 1);
 
     // CSV: a row per category and a mean row per data set, consistent columns.
+    // Then a row per defect type of bottle (two of them), the `defect` column naming it.
     let lines = csv_records(&csv_path);
-    assert_eq!(lines.len(), 1 + 6, "{lines:?}");
+    assert_eq!(lines.len(), 1 + 6 + 2, "{lines:?}");
+    let defect_rows: Vec<&Vec<String>> = lines.iter().filter(|l| l[2] == "defect").collect();
+    assert_eq!(defect_rows.len(), 2);
+    assert_eq!(lines[0].last().unwrap(), "defect");
+    assert_eq!(defect_rows[0].last().unwrap(), "broken_large");
+    assert_eq!((&defect_rows[0][3][..], &defect_rows[0][4][..]), ("2", "2"));
+    // The thresholds where F1-max is reached are in the table after the metrics.
+    assert!(
+        stdout.contains("Thresholds where F1-max is reached at"),
+        "{stdout}"
+    );
     assert_eq!(
         lines[0][..5],
         ["dataset", "category", "row", "normal", "anomalous"]
@@ -271,7 +284,8 @@ fn evaluates_three_kinds_of_data_set_and_writes_every_output() {
             "score",
             "global_score",
             "pixel_score",
-            "npy"
+            "npy",
+            "defect"
         ]
     );
     assert_eq!(srows.len(), 1 + 14);

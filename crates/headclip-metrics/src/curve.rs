@@ -1,7 +1,7 @@
 //! ROC and precision–recall summaries from the cumulative confusion counts at each distinct
 //! threshold, and the image-level entry point.
 
-use super::sort::f32_key;
+use super::sort::{f32_key, key_f32};
 use super::{ImageMetrics, MetricsError};
 
 /// Neumaier's compensated sum: long sums of small terms stay accurate to a few ulps.
@@ -43,7 +43,8 @@ pub(crate) struct RocPr {
     /// Twice the un-normalised ROC area: Σ Δfp · (tp + tp_prev), exact in integers.
     roc_area2: u128,
     ap: CompensatedSum,
-    f1_max: f64,
+    /// The F1-max point so far: `(tp, fp, threshold key)`.
+    best: Option<(u64, u64, u32)>,
 }
 
 impl RocPr {
@@ -55,12 +56,12 @@ impl RocPr {
             prev_fp: 0,
             roc_area2: 0,
             ap: CompensatedSum::default(),
-            f1_max: 0.0,
+            best: None,
         }
     }
 
     #[inline]
-    pub(crate) fn push(&mut self, tp: u64, fp: u64) {
+    pub(crate) fn push(&mut self, tp: u64, fp: u64, key: u32) {
         debug_assert!(tp >= self.prev_tp && fp >= self.prev_fp);
         let dfp = fp - self.prev_fp;
         let dtp = tp - self.prev_tp;
@@ -72,20 +73,26 @@ impl RocPr {
                 // (R_n − R_{n−1}) · P_n
                 self.ap.add(dtp as f64 / self.positives as f64 * precision);
             }
-            // 2PR/(P+R) simplifies to 2tp/(tp + fp + positives): one rounding.
-            let f1 = (2 * tp) as f64 / (tp + fp + self.positives) as f64;
-            if f1 > self.f1_max {
-                self.f1_max = f1;
+            // Thresholds fall as the walk goes on: `>=` hands a tie in F1 to the lowest
+            // threshold, as numpy's argmax does over sklearn's ascending thresholds.
+            let better = match self.best {
+                Some((btp, bfp, _)) => {
+                    f1_cmp(tp, fp, btp, bfp, self.positives) != std::cmp::Ordering::Less
+                }
+                None => true,
+            };
+            if better {
+                self.best = Some((tp, fp, key));
             }
         }
         self.prev_tp = tp;
         self.prev_fp = fp;
     }
 
-    /// `(auroc, ap, f1_max)`, all absent unless both classes are present.
-    pub(crate) fn finish(&self) -> (Option<f64>, Option<f64>, Option<f64>) {
+    /// `(auroc, ap, f1_max, f1_threshold)`, all absent unless both classes are present.
+    pub(crate) fn finish(&self) -> (Option<f64>, Option<f64>, Option<f64>, Option<f32>) {
         if self.positives == 0 || self.negatives == 0 {
-            return (None, None, None);
+            return (None, None, None, None);
         }
         debug_assert_eq!(
             (self.prev_tp, self.prev_fp),
@@ -93,8 +100,29 @@ impl RocPr {
         );
         let denom = 2 * self.positives as u128 * self.negatives as u128;
         let auroc = self.roc_area2 as f64 / denom as f64;
-        (Some(auroc), Some(self.ap.value()), Some(self.f1_max))
+        // 2PR/(P+R) simplifies to 2tp/(tp + fp + positives): one rounding.
+        let (f1_max, threshold) = match self.best {
+            Some((tp, fp, key)) => (
+                (2 * tp) as f64 / (tp + fp + self.positives) as f64,
+                key_f32(key),
+            ),
+            None => (0.0, f32::NAN),
+        };
+        (
+            Some(auroc),
+            Some(self.ap.value()),
+            Some(f1_max),
+            threshold.is_finite().then_some(threshold),
+        )
     }
+}
+
+/// Compares the F1 of two points exactly: `2a/(a + b + P)` against `2c/(c + d + P)` by cross
+/// multiplication in integers, so that equal F1s are seen as ties whatever rounding would say.
+fn f1_cmp(a: u64, b: u64, c: u64, d: u64, positives: u64) -> std::cmp::Ordering {
+    let left = a as u128 * (c + d + positives) as u128;
+    let right = c as u128 * (a + b + positives) as u128;
+    left.cmp(&right)
 }
 
 /// Image-level AUROC, AP and F1-max of `scores` against `labels` (`true` = anomalous), exactly
@@ -145,8 +173,13 @@ pub fn image_metrics(scores: &[f32], labels: &[bool]) -> Result<ImageMetrics, Me
             }
             i += 1;
         }
-        curve.push(tp, fp);
+        curve.push(tp, fp, key);
     }
-    let (auroc, ap, f1_max) = curve.finish();
-    Ok(ImageMetrics { auroc, ap, f1_max })
+    let (auroc, ap, f1_max, f1_threshold) = curve.finish();
+    Ok(ImageMetrics {
+        auroc,
+        ap,
+        f1_max,
+        f1_threshold,
+    })
 }

@@ -8,6 +8,8 @@
 //! - [`PixelAccumulator`]: the same three over all pixels of a category, plus AUPRO with
 //!   integration limit FPR 0.3 in both variants the spec defines ([`PixelMetrics`]), fed one
 //!   (map, mask) pair at a time.
+//! - [`confusion_at`]: the [`Confusion`] matrix, precision, recall and F1 at one fixed
+//!   threshold (a calibrated one); [`PixelAccumulator::confusion_at`] the same over pixels.
 //! - [`connected_components`]: the 8-connected regions AUPRO is defined over
 //!   (`skimage.measure.label(mask, connectivity=2)`).
 //!
@@ -20,11 +22,13 @@
 //! Written by hand because they must match those libraries bit for bit on ties and limits.
 //! This crate must not depend on images, models or files: it takes numbers and labels.
 
+mod confusion;
 mod curve;
 mod label;
 mod pixel;
 mod sort;
 
+pub use confusion::{confusion_at, Confusion};
 pub use curve::image_metrics;
 pub use label::{connected_components, Components};
 pub use pixel::PixelAccumulator;
@@ -46,6 +50,9 @@ pub struct ImageMetrics {
     pub ap: Option<f64>,
     /// Maximum over distinct thresholds of 2PR/(P + R) (0 where P + R = 0).
     pub f1_max: Option<f64>,
+    /// The threshold where `f1_max` is reached, one of `precision_recall_curve`'s (a score is
+    /// positive when `>=` it); of thresholds with equal F1 (compared exactly), the lowest.
+    pub f1_threshold: Option<f32>,
 }
 
 /// Pixel-level metrics of one category, from [`PixelAccumulator::finish`].
@@ -60,6 +67,8 @@ pub struct PixelMetrics {
     pub ap: Option<f64>,
     /// Pixel F1-max over all pixels of the category.
     pub f1_max: Option<f64>,
+    /// The map value where `f1_max` is reached (positive when `>=`; ties to the lowest).
+    pub f1_threshold: Option<f32>,
     /// AnomalyCLIP's AUPRO, the one the zero-shot tables use: thresholds
     /// `min + i·(max − min)/200` for `i = 0..200` computed in `f64` from the category's extreme
     /// values, a pixel positive when its value is `>` the threshold, PRO = mean over all regions

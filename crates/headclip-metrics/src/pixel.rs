@@ -3,7 +3,7 @@
 use super::curve::{CompensatedSum, RocPr};
 use super::label::label_into;
 use super::sort::{f32_key, key_f32, radix_sort_by_key};
-use super::{MetricsError, PixelMetrics, ANOMALYCLIP_AUPRO_STEPS, AUPRO_FPR_LIMIT};
+use super::{Confusion, MetricsError, PixelMetrics, ANOMALYCLIP_AUPRO_STEPS, AUPRO_FPR_LIMIT};
 
 /// Collects anomaly maps and ground-truth masks of one category and computes its pixel-level
 /// metrics (see [`PixelMetrics`]).
@@ -126,6 +126,24 @@ impl PixelAccumulator {
         self.region_sizes.len()
     }
 
+    /// The pixel confusion matrix at `threshold` (a value is positive when `>=` it), over every
+    /// pixel added so far.
+    pub fn confusion_at(&self, threshold: f32) -> Confusion {
+        let key = f32_key(threshold);
+        let mut c = Confusion::default();
+        let flagged_normal = self.normal.iter().filter(|&&k| k >= key).count() as u64;
+        c.false_positives = flagged_normal;
+        c.true_negatives = self.normal.len() as u64 - flagged_normal;
+        let found = self
+            .anomalous
+            .iter()
+            .filter(|&&x| (x >> 32) as u32 >= key)
+            .count() as u64;
+        c.true_positives = found;
+        c.false_negatives = self.anomalous.len() as u64 - found;
+        c
+    }
+
     /// Computes the category's pixel metrics, consuming the accumulator.
     pub fn finish(self) -> PixelMetrics {
         let Self {
@@ -137,12 +155,14 @@ impl PixelAccumulator {
         radix_sort_by_key(&mut normal, |k| k);
         radix_sort_by_key(&mut anomalous, |x| (x >> 32) as u32);
 
-        let (auroc, ap, f1_max, aupro_mvtec) = roc_pr_and_mvtec(&normal, &anomalous, &region_sizes);
+        let (auroc, ap, (f1_max, f1_threshold), aupro_mvtec) =
+            roc_pr_and_mvtec(&normal, &anomalous, &region_sizes);
         let aupro_anomalyclip = aupro_anomalyclip(&normal, &anomalous, &region_sizes);
         PixelMetrics {
             auroc,
             ap,
             f1_max,
+            f1_threshold,
             aupro_anomalyclip,
             aupro_mvtec,
         }
@@ -199,7 +219,12 @@ fn roc_pr_and_mvtec(
     normal: &[u32],
     anomalous: &[u64],
     region_sizes: &[u32],
-) -> (Option<f64>, Option<f64>, Option<f64>, Option<f64>) {
+) -> (
+    Option<f64>,
+    Option<f64>,
+    (Option<f64>, Option<f32>),
+    Option<f64>,
+) {
     let (n_normal, n_anomalous, n_regions) = (normal.len(), anomalous.len(), region_sizes.len());
     let mut curve = RocPr::new(n_anomalous as u64, n_normal as u64);
     let with_pro = n_normal > 0 && n_regions > 0;
@@ -225,19 +250,19 @@ fn roc_pr_and_mvtec(
             pro_sum.add(inv_size[anomalous[j - 1] as u32 as usize]);
             j -= 1;
         }
-        curve.push(tp, fp);
+        curve.push(tp, fp, key);
         if with_pro {
             let fpr = fp as f64 / n_normal as f64;
             let pro = (pro_sum.value() / n_regions as f64).min(1.0);
             trapezoid.push(fpr, pro);
         }
     }
-    let (auroc, ap, f1_max) = curve.finish();
+    let (auroc, ap, f1_max, f1_threshold) = curve.finish();
     let aupro_mvtec = with_pro.then(|| {
         trapezoid.push(1.0, 1.0);
         trapezoid.area.value() / AUPRO_FPR_LIMIT
     });
-    (auroc, ap, f1_max, aupro_mvtec)
+    (auroc, ap, (f1_max, f1_threshold), aupro_mvtec)
 }
 
 /// AnomalyCLIP's AUPRO: 200 thresholds `min + i·(max − min)/200` (in `f64`), positive when

@@ -311,3 +311,55 @@ fn full_size_category() {
     );
     assert!(m.auroc.is_some() && m.aupro_anomalyclip.is_some() && m.aupro_mvtec.is_some());
 }
+
+/// F1-max thresholds checked by hand and against scikit-learn 1.x (`precision_recall_curve`,
+/// then numpy's argmax of 2PR/(P+R) over its ascending thresholds): a score is positive when
+/// `>=` the threshold, and equal F1s go to the lowest threshold.
+#[test]
+fn f1_max_thresholds_follow_precision_recall_curve() {
+    let cases: [(&[f32], &[bool], f32, f64); 5] = [
+        // 0.8 → F1 2/3, 0.4 → 1/2, 0.35 → 4/5, 0.1 → 2/3.
+        (
+            &[0.1, 0.4, 0.35, 0.8],
+            &[false, false, true, true],
+            0.35,
+            0.8,
+        ),
+        // Tied scores move together: 0.5 takes one normal and one anomalous image at once.
+        (
+            &[0.2, 0.2, 0.5, 0.5, 0.9],
+            &[false, true, false, true, true],
+            0.2,
+            0.75,
+        ),
+        // 0.9 and 0.1 both give exactly 2/3: the lowest wins, as numpy's argmax picks it.
+        (
+            &[0.1, 0.3, 0.6, 0.9],
+            &[true, false, false, true],
+            0.1,
+            2.0 / 3.0,
+        ),
+        // One distinct score: the only threshold.
+        (&[0.5, 0.5, 0.5], &[false, true, true], 0.5, 0.8),
+        (
+            &[0.1, 0.2, 0.3, 0.4],
+            &[true, false, true, false],
+            0.1,
+            2.0 / 3.0,
+        ),
+    ];
+    for (scores, labels, threshold, f1) in cases {
+        let m = image_metrics(scores, labels).unwrap();
+        assert_eq!(m.f1_threshold, Some(threshold), "{scores:?}");
+        assert!((m.f1_max.unwrap() - f1).abs() < 1e-12, "{scores:?}");
+        // The same values as pixels of one 1×n map give the same threshold.
+        let mut acc = PixelAccumulator::with_shape(1, scores.len());
+        let mask: Vec<u8> = labels.iter().map(|&l| u8::from(l)).collect();
+        acc.add(scores, &mask).unwrap();
+        let at = acc.confusion_at(threshold);
+        assert_eq!(at.f1().map(|v| (v - f1).abs() < 1e-12), Some(true));
+        assert_eq!(acc.finish().f1_threshold, Some(threshold), "{scores:?}");
+    }
+    let one_class = image_metrics(&[0.1, 0.2], &[false, false]).unwrap();
+    assert_eq!(one_class.f1_threshold, None);
+}

@@ -18,6 +18,7 @@
 //! This crate must not print, parse command lines or decide policy about files on disk beyond
 //! what it is asked to read or write: that belongs to `headclip-cli`.
 
+pub mod calibration;
 pub mod clip;
 pub mod detector;
 pub mod eval;

@@ -249,6 +249,95 @@ pub fn sha256_file(path: &Path) -> Result<String, WeightsError> {
     sha256_reader(file).map_err(|e| WeightsError::io("cannot read", path, e))
 }
 
+/// Files at least this large have their sha256 remembered on disk: hashing ViT-L/14@336's
+/// 0.9 GB takes seconds, and every start that checks or records the weights needs it.
+const MEMO_MIN_BYTES: u64 = 64 << 20;
+
+/// The sha256 of a file, lowercase hex, remembered while the file's size and modification time
+/// stay the same: in this process for every file, and for large ones also across runs under
+/// the cache folder (`checksums/`). Every caller that needs a file's checksum at start-up goes
+/// through here, so that a checkpoint is hashed once.
+pub fn sha256_file_cached(path: &Path) -> Result<String, WeightsError> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static MEMO: OnceLock<Mutex<HashMap<PathBuf, (FileStamp, String)>>> = OnceLock::new();
+    let stamp = FileStamp::of(path)?;
+    let key = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let memo = MEMO.get_or_init(Default::default);
+    if let Some((seen, sha)) = memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        if seen == stamp {
+            return Ok(sha);
+        }
+    }
+    let on_disk = (stamp.len >= MEMO_MIN_BYTES)
+        .then(|| cache_dir(None).ok())
+        .flatten()
+        .map(|dir| {
+            dir.join("checksums")
+                .join(sha256_hex(key.to_string_lossy().as_bytes()))
+        });
+    let remembered = on_disk
+        .as_deref()
+        .and_then(|file| fs::read_to_string(file).ok())
+        .and_then(|text| stamp.sha_from_memo(&text));
+    let sha = match remembered {
+        Some(sha) => sha,
+        None => {
+            let sha = sha256_file(path)?;
+            if let Some(file) = &on_disk {
+                // A memo that cannot be written only costs the next start a re-hash.
+                let _ = fs::create_dir_all(file.parent().unwrap_or(Path::new(".")))
+                    .and_then(|()| crate::write_atomically(file, stamp.memo_line(&sha).as_bytes()));
+            }
+            sha
+        }
+    };
+    if let Ok(mut m) = memo.lock() {
+        m.insert(key, (stamp, sha.clone()));
+    }
+    Ok(sha)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// What says a file has not changed since it was hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified_ns: u128,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Result<Self, WeightsError> {
+        let meta = fs::metadata(path).map_err(|e| WeightsError::io("cannot open", path, e))?;
+        let modified_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        Ok(FileStamp {
+            len: meta.len(),
+            modified_ns,
+        })
+    }
+
+    /// `<len> <modified ns> <sha256>`.
+    fn memo_line(&self, sha: &str) -> String {
+        format!("{} {} {sha}\n", self.len, self.modified_ns)
+    }
+
+    fn sha_from_memo(&self, text: &str) -> Option<String> {
+        let mut parts = text.split_whitespace();
+        let len: u64 = parts.next()?.parse().ok()?;
+        let modified_ns: u128 = parts.next()?.parse().ok()?;
+        let sha = parts.next()?;
+        let valid = sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit());
+        (len == self.len && modified_ns == self.modified_ns && valid).then(|| sha.to_string())
+    }
+}
+
 /// The sha256 of everything a reader yields, lowercase hex.
 pub fn sha256_reader(mut reader: impl Read) -> io::Result<String> {
     let mut hasher = Sha256::new();
@@ -282,7 +371,7 @@ pub fn verify_official(path: &Path) -> Result<Option<&'static Official>, Weights
     let Some(official) = official_for_path(path) else {
         return Ok(None);
     };
-    let actual = sha256_file(path)?;
+    let actual = sha256_file_cached(path)?;
     check_official_sha256(path, &actual).map(|_| Some(official))
 }
 

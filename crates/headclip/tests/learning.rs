@@ -7,77 +7,18 @@ use std::path::Path;
 use headclip::clip::{load_state_dict, Clip};
 use headclip::model::{HeadClip, HeadClipConfig, HeadClipParams};
 use headclip::train::{LossSelection, TrainOptions, TrainSample, Trainer};
-use headclip_data::images::{normalize_clip, RgbImage};
+use headclip_data::images::normalize_clip;
 use headclip_metrics::{image_metrics, PixelAccumulator};
 use tch::{Device, Tensor};
 
-const SIDE: usize = 96;
+mod common;
+use common::SIDE;
 
-/// A deterministic generator (splitmix64), so the data set is the same on every machine.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo) as u64) as usize
-    }
-}
-
-/// A striped, noisy texture in greys and browns; anomalous ones carry a saturated blob (disc or
-/// rectangle) of another colour. Returns the sample and its mask.
+/// A generated texture (see `common::texture`) as a training sample.
 fn generate(index: u64, anomalous: bool) -> TrainSample {
-    let mut rng = Rng(index * 7919 + 13);
-    let base = [
-        0.35 + 0.3 * rng.uniform(),
-        0.3 + 0.25 * rng.uniform(),
-        0.25 + 0.2 * rng.uniform(),
-    ];
-    let freq = 0.15 + 0.25 * rng.uniform();
-    let angle = rng.uniform() * std::f32::consts::PI;
-    let mut pixels = vec![0u8; SIDE * SIDE * 3];
-    let mut mask = vec![0u8; SIDE * SIDE];
-    let (cx, cy, r, rect) = (
-        rng.range(16, SIDE - 16),
-        rng.range(16, SIDE - 16),
-        rng.range(10, 18),
-        rng.uniform() < 0.5,
-    );
-    let defect = [0.9 * rng.uniform(), 0.2 + 0.8 * rng.uniform(), 0.9];
-    for y in 0..SIDE {
-        for x in 0..SIDE {
-            let t = (x as f32 * angle.cos() + y as f32 * angle.sin()) * freq;
-            let stripe = 0.12 * t.sin();
-            let inside = anomalous && {
-                let (dx, dy) = (x as i64 - cx as i64, y as i64 - cy as i64);
-                if rect {
-                    dx.abs() <= r as i64 && dy.abs() <= (r / 2) as i64 + 2
-                } else {
-                    dx * dx + dy * dy <= (r * r) as i64
-                }
-            };
-            for c in 0..3 {
-                let noise = 0.08 * (rng.uniform() - 0.5);
-                let v = if inside {
-                    defect[c] + noise
-                } else {
-                    base[c] + stripe + noise
-                };
-                pixels[(y * SIDE + x) * 3 + c] = (v.clamp(0.0, 1.0) * 255.0) as u8;
-            }
-            mask[y * SIDE + x] = u8::from(inside);
-        }
-    }
-    let image = normalize_clip(&RgbImage::new(SIDE as u32, SIDE as u32, pixels).unwrap());
+    let (image, mask) = common::texture(index, anomalous);
     TrainSample {
-        image,
+        image: normalize_clip(&image),
         mask,
         anomalous,
         mask_known: true,

@@ -223,7 +223,12 @@ async fn detect_inner(
             )
             .await
             .map_err(|_| ApiError::timeout(app.cfg.timeout.as_millis()))??;
-            Ok(result.to_json(params.threshold, started, None))
+            Ok(result.to_json(
+                params.threshold,
+                app.cfg.calibration.as_ref(),
+                started,
+                None,
+            ))
         }
         BodyKind::Multipart => {
             let mut form = Multipart::from_request(req, &())
@@ -384,8 +389,12 @@ async fn detect_form(
         .into_iter()
         .zip(names)
         .map(|(r, name)| {
-            r.expect("every task answered")
-                .to_json(params.threshold, started, name)
+            r.expect("every task answered").to_json(
+                params.threshold,
+                app.cfg.calibration.as_ref(),
+                started,
+                name,
+            )
         })
         .collect();
     Ok(Value::Array(out))
@@ -535,7 +544,13 @@ pub(super) struct ImageResult {
 }
 
 impl ImageResult {
-    fn to_json(&self, threshold: f32, started: Instant, file_name: Option<String>) -> Value {
+    fn to_json(
+        &self,
+        threshold: f32,
+        calibration: Option<&super::calibrated::Loaded>,
+        started: Instant,
+        file_name: Option<String>,
+    ) -> Value {
         let d = &self.scored.detection;
         let mut v = json!({
             "score": d.score,
@@ -560,6 +575,9 @@ impl ImageResult {
         }
         if let Some(name) = file_name {
             v["filename"] = json!(name);
+        }
+        if let Some(c) = calibration {
+            c.add_to(&mut v, d);
         }
         v
     }
@@ -736,6 +754,7 @@ pub async fn healthz(State(app): State<Arc<App>>) -> Json<Value> {
         "queue": app.cfg.queue,
         "max_body_bytes": app.cfg.max_body_bytes,
         "auth_required": app.cfg.token.is_some(),
+        "calibration": app.cfg.calibration.as_ref().map(|c| c.summary()),
         "version": env!("CARGO_PKG_VERSION"),
     }))
 }

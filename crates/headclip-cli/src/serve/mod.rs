@@ -9,6 +9,7 @@
 //! bytes. Connections come in through [`listen`]'s accept loop.
 
 mod api;
+mod calibrated;
 mod decode;
 mod error;
 mod listen;
@@ -36,6 +37,7 @@ use metrics::Metrics;
 use store::OverlayStore;
 use worker::{BatchConfig, Submitter};
 
+pub use calibrated::Loaded;
 pub use listen::default_max_connections;
 
 /// The server's settings (from `ServeArgs`).
@@ -58,6 +60,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Pixels that admitted images may hold at once on their way through the blocking pool.
     pub decode_budget_pixels: u64,
+    /// A calibration (`--calibration`): normalised scores, and the page's verdicts.
+    pub calibration: Option<calibrated::Loaded>,
 }
 
 /// Overlays kept for `overlay=url`: at most this many…
@@ -172,7 +176,16 @@ pub fn run(cfg: Config, model: ModelArgs) -> Result<i32> {
         max_pixels: cfg.max_pixels,
         ..DecodeLimits::default()
     };
-    let (ready, submit, worker) = worker::start(model, limits, batch, metrics.clone())?;
+    let (ready, submit, worker) = worker::start(
+        model,
+        limits,
+        batch,
+        metrics.clone(),
+        cfg.calibration.is_some(),
+    )?;
+    if let Some(loaded) = &cfg.calibration {
+        loaded.check(ready.identity.as_ref())?;
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use headclip::detector::{Detection, Detector, ModelInfo};
+use headclip::detector::{Detection, Detector, ModelInfo, ScoreIdentity};
 use headclip_data::images::{DecodeLimits, PreparedImage, Preprocessor};
 use tokio::sync::oneshot;
 
@@ -114,6 +114,8 @@ pub struct Ready {
     pub info: ModelInfo,
     /// The model's decode and pre-process stage, run by the handlers.
     pub preprocessor: Preprocessor,
+    /// What its scores depend on, when asked for (to check a calibration against).
+    pub identity: Option<Result<ScoreIdentity, String>>,
 }
 
 /// Starts the thread, loads the model on it and returns once it is ready (or failed to load).
@@ -122,6 +124,7 @@ pub fn start(
     limits: DecodeLimits,
     batch: BatchConfig,
     metrics: Arc<Metrics>,
+    want_identity: bool,
 ) -> Result<(Ready, Submitter, Worker)> {
     let (tx, rx) = sync_channel::<Job>(batch.capacity.max(1));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Ready>>();
@@ -147,6 +150,8 @@ pub fn start(
                 let ready = Ready {
                     info: detector.info(),
                     preprocessor: *detector.preprocessor(),
+                    identity: want_identity
+                        .then(|| detector.score_identity().map_err(|e| e.to_string())),
                 };
                 if ready_tx.send(Ok(ready)).is_err() {
                     return;

@@ -4,6 +4,11 @@
 //! that colours compare across images: a normal image stays blue instead of showing its noise
 //! in red.
 
+mod annotate;
+mod font;
+
+pub use annotate::{annotate, Annotation};
+
 use crate::images::{DataError, RgbImage};
 
 /// Weight of the colour layer in [`overlay`].
@@ -66,6 +71,29 @@ fn bilinear_taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
         .collect()
 }
 
+/// An `side`×`side` map (row-major) resized bilinearly to `width`×`height`, as
+/// `torch.nn.functional.interpolate(mode="bilinear", align_corners=False)` does (no
+/// anti-aliasing): pixel centres aligned, edges clamped. Predicted masks threshold this.
+///
+/// # Panics
+/// If `map.len() != side²` or `side` is 0.
+pub fn resize_map(map: &[f32], side: usize, width: usize, height: usize) -> Vec<f32> {
+    assert!(side > 0, "anomaly map side must be positive");
+    assert_eq!(map.len(), side * side, "anomaly map is not side²");
+    let xs = bilinear_taps(side, width);
+    let ys = bilinear_taps(side, height);
+    let mut out = Vec::with_capacity(width * height);
+    for &(y0, y1, fy) in &ys {
+        let (r0, r1) = (&map[y0 * side..], &map[y1 * side..]);
+        for &(x0, x1, fx) in &xs {
+            let top = r0[x0] * (1.0 - fx) + r0[x1] * fx;
+            let bottom = r1[x0] * (1.0 - fx) + r1[x1] * fx;
+            out.push(top * (1.0 - fy) + bottom * fy);
+        }
+    }
+    out
+}
+
 /// Colours an `map_side`×`map_side` anomaly map (row-major, values on a fixed [0, 1] scale,
 /// clamped) with [`colormap`], stretches it bilinearly to the original image's size and blends
 /// it over the image with weight [`OVERLAY_ALPHA`].
@@ -85,22 +113,18 @@ pub fn overlay(original: &RgbImage, map: &[f32], map_side: usize) -> RgbImage {
         w * h * 3,
         "image pixels do not match its size"
     );
-    let clean = |v: f32| if v.is_nan() { 0.0 } else { v.clamp(0.0, 1.0) };
-    let xs = bilinear_taps(map_side, w);
-    let ys = bilinear_taps(map_side, h);
+    let clean: Vec<f32> = map
+        .iter()
+        .map(|&v| if v.is_nan() { 0.0 } else { v.clamp(0.0, 1.0) })
+        .collect();
+    let stretched = resize_map(&clean, map_side, w, h);
     let mut pixels = Vec::with_capacity(w * h * 3);
-    for (y, &(y0, y1, fy)) in ys.iter().enumerate() {
-        let (r0, r1) = (&map[y0 * map_side..], &map[y1 * map_side..]);
-        for (x, &(x0, x1, fx)) in xs.iter().enumerate() {
-            let top = clean(r0[x0]) * (1.0 - fx) + clean(r0[x1]) * fx;
-            let bottom = clean(r1[x0]) * (1.0 - fx) + clean(r1[x1]) * fx;
-            let colour = colormap(top * (1.0 - fy) + bottom * fy);
-            let at = (y * w + x) * 3;
-            for (c, &m) in colour.iter().enumerate() {
-                let base = f32::from(original.pixels[at + c]);
-                let v = base * (1.0 - OVERLAY_ALPHA) + f32::from(m) * OVERLAY_ALPHA;
-                pixels.push(v.round() as u8);
-            }
+    for (at, &v) in stretched.iter().enumerate() {
+        let colour = colormap(v);
+        for (c, &m) in colour.iter().enumerate() {
+            let base = f32::from(original.pixels[at * 3 + c]);
+            let v = base * (1.0 - OVERLAY_ALPHA) + f32::from(m) * OVERLAY_ALPHA;
+            pixels.push(v.round() as u8);
         }
     }
     RgbImage {
@@ -108,6 +132,25 @@ pub fn overlay(original: &RgbImage, map: &[f32], map_side: usize) -> RgbImage {
         height: original.height,
         pixels,
     }
+}
+
+/// Encodes a `width`×`height` mask (0 or 1 per pixel, row-major) as an 8-bit grey PNG with
+/// anomalous pixels 255.
+pub fn encode_mask_png(mask: &[u8], width: u32, height: u32) -> Result<Vec<u8>, DataError> {
+    use image::ImageEncoder;
+    if mask.len() != width as usize * height as usize {
+        return Err(DataError::InvalidArgument(format!(
+            "{width}×{height} mask needs {} values, has {}",
+            width as usize * height as usize,
+            mask.len()
+        )));
+    }
+    let grey: Vec<u8> = mask.iter().map(|&m| if m > 0 { 255 } else { 0 }).collect();
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut out)
+        .write_image(&grey, width, height, image::ExtendedColorType::L8)
+        .map_err(|e| DataError::Encode(e.to_string()))?;
+    Ok(out)
 }
 
 /// Encodes an image as an 8-bit RGB PNG.
@@ -184,6 +227,18 @@ mod tests {
         // 0.2 stays 0.2 (blue-cyan), not stretched to the map's maximum (dark red).
         assert_eq!(out.pixels[3..6], blend(0.2));
         assert_eq!(out.pixels[..3], blend(0.0));
+    }
+
+    #[test]
+    fn resize_map_matches_torch_bilinear() {
+        // torch.nn.functional.interpolate(m, size=(2, 5), mode="bilinear", align_corners=False)
+        // of this 3×3 map, torch 2.11.
+        let map = [0.0, 0.1, 0.2, 0.3, 0.9, 0.4, 0.5, 0.6, 1.0];
+        let want = [0.075, 0.165, 0.3, 0.27, 0.25, 0.45, 0.54, 0.675, 0.78, 0.85];
+        let got = resize_map(&map, 3, 5, 2);
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{got:?}");
+        }
     }
 
     #[test]

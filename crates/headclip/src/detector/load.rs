@@ -114,7 +114,7 @@ fn warn_if_trained_on_other_weights(
     let Some(recorded) = &config.clip_sha256 else {
         return;
     };
-    match weights::sha256_file(&spec.weights) {
+    match weights::sha256_file_cached(&spec.weights) {
         Ok(actual) if recorded.eq_ignore_ascii_case(&actual) => {}
         Ok(actual) => tracing::warn!(
             "{} was trained with CLIP sha256 {recorded}, but {} has {actual} \

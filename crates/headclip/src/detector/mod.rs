@@ -27,6 +27,7 @@
 //! # }
 //! ```
 
+mod identity;
 mod load;
 mod spec;
 mod stream;
@@ -41,6 +42,7 @@ use tch::Tensor;
 
 use crate::model::{HeadClip, ImageScore, PromptMode};
 
+pub use identity::{IdentityError, ScoreIdentity};
 pub use load::{load_clip, LoadError};
 pub use spec::{parse_device, ModelSpec, Precision};
 pub use stream::{StreamFailure, StreamOptions, StreamStats};

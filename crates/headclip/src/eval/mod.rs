@@ -19,6 +19,7 @@
 //! Like the rest of the library this module prints nothing; `headclip test` renders the tables,
 //! files and pictures.
 
+mod calibrated;
 pub mod curves;
 mod run;
 pub mod select;
@@ -33,6 +34,7 @@ use crate::model::{PromptMode, ResolvedConfig};
 use headclip_data::datasets::{DataKind, Dataset};
 use headclip_metrics::{ImageMetrics, PixelMetrics};
 
+pub use calibrated::{defect_rows, AtThresholds, DefectResult, Figures, Thresholds};
 pub use run::{
     evaluate, CategoryDone, EvalError, EvalObserver, EvalOptions, Evaluation, ImageRecord,
     ObserverError, ScoredImage,
@@ -248,6 +250,14 @@ pub struct CategoryResult {
     pub regions: usize,
     /// The figures; see [`MetricSet`].
     pub metrics: MetricSet,
+    /// The joint score where image F1-max is reached (positive when `>=`).
+    pub image_f1_threshold: Option<f32>,
+    /// The map value where pixel F1-max is reached.
+    pub pixel_f1_threshold: Option<f32>,
+    /// Counts and figures at the calibrated thresholds, when the evaluation was given some.
+    pub calibrated: Option<AtThresholds>,
+    /// A row per defect type, where the layout names them.
+    pub defects: Vec<DefectResult>,
     /// Wall-clock seconds from the category's first image to its metrics.
     pub seconds: f64,
     /// Of those, seconds spent computing the metrics.
@@ -270,6 +280,8 @@ pub struct DatasetResult {
     pub mean: MetricSet,
     /// Per metric, how many categories the mean is over.
     pub mean_over: MetricCounts,
+    /// The categories' counts at the calibrated thresholds, pooled.
+    pub calibrated: Option<AtThresholds>,
 }
 
 fn serialize_kind<S: serde::Serializer>(kind: &DataKind, s: S) -> Result<S::Ok, S::Error> {
@@ -280,7 +292,10 @@ impl DatasetResult {
     /// Gathers the categories' results of `dataset` and their means.
     pub fn new(dataset: &Dataset, categories: Vec<CategoryResult>) -> Self {
         let (mean, mean_over) = MetricSet::mean(categories.iter().map(|c| &c.metrics));
+        let calibrated =
+            AtThresholds::pooled(categories.iter().filter_map(|c| c.calibrated.as_ref()));
         DatasetResult {
+            calibrated,
             name: dataset.name.clone(),
             kind: dataset.kind,
             root: dataset.root.clone(),
@@ -391,6 +406,8 @@ pub struct Report {
     pub model: ModelSummary,
     /// The data sets, in command-line order.
     pub datasets: Vec<DatasetReport>,
+    /// The calibration file whose thresholds the `calibrated` figures are at, if any.
+    pub calibration: Option<PathBuf>,
     /// Times.
     pub timing: Timing,
     /// Peak resident memory of the process (`VmHWM`), where the system reports it.

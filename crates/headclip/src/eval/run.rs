@@ -6,15 +6,16 @@ use std::time::Instant;
 
 use std::ops::ControlFlow;
 
+use super::calibrated::{defect_rows, AtThresholds, Thresholds};
 use super::curves::PixelHistogram;
 use super::{CategoryResult, DatasetResult, MetricSet};
 use crate::detector::{DetectError, Detection, Detector, StreamFailure, StreamOptions};
 use headclip_data::datasets::{Category, Dataset, Sample};
 use headclip_data::images::{self, DataError, DecodeLimits, ImageSource, Mask};
-use headclip_metrics::{image_metrics, MetricsError, PixelAccumulator};
+use headclip_metrics::{confusion_at, image_metrics, MetricsError, PixelAccumulator};
 
 /// How [`evaluate`] runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvalOptions {
     /// Images per forward pass (at least 1).
     pub batch_size: usize,
@@ -23,6 +24,9 @@ pub struct EvalOptions {
     /// Fill a [`PixelHistogram`] per category with masks, for pixel-level curves
     /// ([`CategoryDone::pixel_histogram`]).
     pub pixel_curves: bool,
+    /// Calibrated thresholds: each category also gets its counts and figures at them
+    /// ([`CategoryResult::calibrated`]).
+    pub thresholds: Option<Thresholds>,
 }
 
 impl Default for EvalOptions {
@@ -31,6 +35,7 @@ impl Default for EvalOptions {
             batch_size: 1,
             decode_threads: 1,
             pixel_curves: false,
+            thresholds: None,
         }
     }
 }
@@ -382,18 +387,32 @@ impl Loop<'_, '_> {
         let dataset = &self.datasets[d];
         let category = &dataset.categories[c];
         let t = Instant::now();
+        let metrics_error = |error| EvalError::Metrics {
+            image: dataset.root.clone(),
+            error,
+        };
+        let scores: Vec<f32> = cur.records.iter().map(|r| r.score).collect();
+        let labels: Vec<bool> = cur.records.iter().map(|r| r.anomalous).collect();
         let image = if category.image_metrics_defined() {
-            let scores: Vec<f32> = cur.records.iter().map(|r| r.score).collect();
-            let labels: Vec<bool> = cur.records.iter().map(|r| r.anomalous).collect();
-            Some(
-                image_metrics(&scores, &labels).map_err(|error| EvalError::Metrics {
-                    image: dataset.root.clone(),
-                    error,
-                })?,
-            )
+            Some(image_metrics(&scores, &labels).map_err(metrics_error)?)
         } else {
             None
         };
+        let thresholds = self.options.thresholds;
+        let calibrated = match thresholds {
+            Some(t) => Some(AtThresholds {
+                thresholds: t,
+                image: confusion_at(&scores, &labels, t.image)
+                    .map_err(metrics_error)?
+                    .into(),
+                pixel: t
+                    .pixel
+                    .zip(cur.pixels.as_ref())
+                    .map(|(p, acc)| acc.confusion_at(p).into()),
+            }),
+            None => None,
+        };
+        let defects = defect_rows(category, &cur.records, thresholds).map_err(metrics_error)?;
         let (pixel, pixels, regions) = match cur.pixels {
             Some(acc) => {
                 let (pixels, regions) = (acc.pixels(), acc.regions());
@@ -412,6 +431,10 @@ impl Loop<'_, '_> {
             pixels,
             regions,
             metrics: MetricSet::from_parts(image.as_ref(), pixel.as_ref()),
+            image_f1_threshold: image.and_then(|m| m.f1_threshold),
+            pixel_f1_threshold: pixel.and_then(|m| m.f1_threshold),
+            calibrated,
+            defects,
             seconds: cur.started.elapsed().as_secs_f64(),
             metrics_seconds,
         };
