@@ -18,12 +18,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::cmd_test::report::names::append_to_file_name;
-use crate::engine::{load_detector, ModelArgs};
+use crate::engine::{load_detector, FewShotArgs, ModelArgs};
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub few_shot: FewShotArgs,
     /// Write `<name>.npy` (the S×S anomaly map, f32) and `<name>_overlay.png` here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -210,7 +212,8 @@ fn prepare(
     }
 }
 
-pub fn run(args: PredictArgs) -> Result<i32> {
+pub fn run(mut args: PredictArgs) -> Result<i32> {
+    args.model.few_shot = Some(args.few_shot.clone());
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }

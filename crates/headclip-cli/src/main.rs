@@ -1,6 +1,7 @@
 //! The `headclip` command: a thin layer over the `headclip` library that parses arguments,
 //! finds the weights, reports progress and errors, and writes files.
 
+mod cmd_bank;
 mod cmd_bench;
 mod cmd_predict;
 mod cmd_serve;
@@ -32,6 +33,8 @@ enum Command {
     Test(cmd_test::TestArgs),
     /// Serve detection over HTTP, with a web page.
     Serve(cmd_serve::ServeArgs),
+    /// Build and save the few-shot memory bank of a folder of normal images.
+    Bank(cmd_bank::BankArgs),
     /// Time inference and training steps (see BENCHMARKS.md).
     Bench(cmd_bench::BenchArgs),
     /// Find, download, verify or generate CLIP checkpoints.
@@ -63,6 +66,7 @@ fn main() {
         Command::Train(args) => cmd_train::run(args),
         Command::Test(args) => cmd_test::run(args),
         Command::Serve(args) => cmd_serve::run(args),
+        Command::Bank(args) => cmd_bank::run(args),
         Command::Bench(args) => cmd_bench::run(args),
         Command::Weights(args) => cmd_weights::run(args).map(|()| 0),
     };
