@@ -62,8 +62,7 @@ fn ensemble_model(class_name: Option<&str>) -> HeadClip {
 fn learned_model() -> HeadClip {
     let clip = clip();
     let (params, _, resolved) =
-        HeadClipParams::load(&fixtures().join("params_learned.safetensors"), &clip.config)
-            .unwrap();
+        HeadClipParams::load(&fixtures().join("params_learned.safetensors"), &clip.config).unwrap();
     HeadClip::new(clip, Some(params), resolved).unwrap()
 }
 
@@ -121,7 +120,11 @@ fn check_case(mut model: HeadClip, case: &str) {
         &column(|s| s.pixel_score),
         e("pixel_score"),
     );
-    assert_close(&format!("{case}: joint score"), &column(|s| s.score), e("score"));
+    assert_close(
+        &format!("{case}: joint score"),
+        &column(|s| s.score),
+        e("score"),
+    );
 }
 
 #[test]
@@ -157,8 +160,7 @@ fn class_names_read_underscores_as_spaces() {
 fn learned_prompts_ignore_class_names() {
     let clip = clip();
     let (params, _, resolved) =
-        HeadClipParams::load(&fixtures().join("params_learned.safetensors"), &clip.config)
-            .unwrap();
+        HeadClipParams::load(&fixtures().join("params_learned.safetensors"), &clip.config).unwrap();
     let named = HeadClip::with_class_name(clip, Some(params), resolved, Some("bottle")).unwrap();
     let plain = learned_model();
     assert!(named.text_features.equal(&plain.text_features));
