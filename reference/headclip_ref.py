@@ -212,8 +212,37 @@ def gaussian_smooth(m: np.ndarray, sigma: float) -> np.ndarray:
     return np.stack([scipy.ndimage.gaussian_filter(x, sigma=sigma) for x in m])
 
 
-def score(model, images: torch.Tensor, text: torch.Tensor, cfg: Config, params: Params) -> dict:
-    """Everything the engine reports for a batch, as numpy arrays."""
+def object_word(class_name: str | None) -> str:
+    """The prompts' object word: the class name with underscores read as spaces, else "object"."""
+    words = (class_name or "").replace("_", " ").split()
+    return " ".join(words) if words else "object"
+
+
+def memory_bank(model, references: torch.Tensor, cfg: Config, params: Params) -> dict:
+    """Few-shot memory bank: per read-out layer, the references' patch features F_l (CLS
+    dropped), computed as for the zero-shot map. {layer: [K·G², E]}"""
+    _, feats = encode_image(model, references, cfg, params)
+    return {l: f[:, 1:].reshape(-1, f.shape[-1]) for l, f in feats.items()}
+
+
+def few_shot_map(feats: dict, bank: dict, side: int) -> torch.Tensor:
+    """M_fs = mean_l V_l, V_l the upsampled (1 − max_b f·b)/2 of each test patch. [B, S, S]"""
+    maps = []
+    for l in sorted(feats):
+        f = feats[l][:, 1:]  # [B, G², E]
+        d = (1 - (f @ bank[l].T).max(dim=-1).values) / 2  # [B, G²]
+        grid = round(math.sqrt(d.shape[1]))
+        d = F.interpolate(d.reshape(-1, 1, grid, grid), size=(side, side), mode="bilinear",
+                          align_corners=False)
+        maps.append(d[:, 0])
+    return torch.stack(maps, dim=1).mean(dim=1)
+
+
+def score(model, images: torch.Tensor, text: torch.Tensor, cfg: Config, params: Params,
+          bank: dict | None = None, beta: float = 0.5) -> dict:
+    """Everything the engine reports for a batch, as numpy arrays. With a few-shot `bank`, the
+    map is the fused (1 − β)·M + β·M_fs before smoothing (also reported: `few_shot_map`,
+    `fused_map`)."""
     side = images.shape[-1]
     g, feats = encode_image(model, images, cfg, params)
     global_score = torch.softmax(g @ text.T / TAU, dim=-1)[:, 1]
@@ -225,7 +254,14 @@ def score(model, images: torch.Tensor, text: torch.Tensor, cfg: Config, params: 
         p = F.interpolate(p, size=(side, side), mode="bilinear", align_corners=False)
         layer_maps.append((p[:, 1] + 1 - p[:, 0]) / 2)
     layer_maps = torch.stack(layer_maps, dim=1)  # [B, R, S, S]
-    raw = layer_maps.mean(dim=1).detach().cpu().numpy()
+    extra = {}
+    if bank is None:
+        raw = layer_maps.mean(dim=1).detach().cpu().numpy()
+    else:
+        m_fs = few_shot_map(feats, bank, side)
+        fused = (1 - beta) * layer_maps.mean(dim=1) + beta * m_fs
+        raw = fused.detach().cpu().numpy()
+        extra = {"few_shot_map": m_fs.detach().cpu().numpy(), "fused_map": raw}
     smoothed = gaussian_smooth(raw, cfg.sigma)
     k = max(1, math.ceil(cfg.jas_top_fraction * side * side))
     pixel_score = np.sort(smoothed.reshape(len(smoothed), -1), axis=1)[:, -k:].mean(axis=1)
@@ -238,6 +274,7 @@ def score(model, images: torch.Tensor, text: torch.Tensor, cfg: Config, params: 
         "map": smoothed,
         "pixel_score": pixel_score,
         "score": joint,
+        **extra,
     }
 
 

@@ -22,4 +22,5 @@ fi
 .venv-reference/bin/python reference/gen_fixtures.py "$@"
 if [[ $# -eq 0 ]]; then
   .venv-reference/bin/python reference/gen_config_fixtures.py
+  .venv-reference/bin/python reference/gen_fewshot_fixtures.py
 fi

@@ -19,13 +19,15 @@ use serde_json::json;
 
 use crate::calibration_args::CalibrationArgs;
 use crate::cmd_test::report::names::append_to_file_name;
-use crate::engine::{load_detector, ModelArgs};
+use crate::engine::{load_detector, FewShotArgs, ModelArgs};
 use headclip::calibration::Calibration;
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub few_shot: FewShotArgs,
     /// Write `<name>.npy` (the S×S anomaly map, f32) and `<name>_overlay.png` here, and with
     /// --calibration `<name>_mask.png` (the predicted mask at the image's size).
     #[arg(long)]
@@ -218,7 +220,8 @@ fn prepare(
     }
 }
 
-pub fn run(args: PredictArgs) -> Result<i32> {
+pub fn run(mut args: PredictArgs) -> Result<i32> {
+    args.model.few_shot = Some(args.few_shot.clone());
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }

@@ -84,7 +84,7 @@ use clap::Args;
 use headclip_data::images::DecodeLimits;
 
 use crate::calibration_args::CalibrationArgs;
-use crate::engine::ModelArgs;
+use crate::engine::{FewShotArgs, ModelArgs};
 use headclip::calibration::Calibration;
 
 #[path = "serve/mod.rs"]
@@ -94,6 +94,8 @@ mod serve;
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub few_shot: FewShotArgs,
     /// Address to listen on (loopback by default; port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
@@ -217,7 +219,11 @@ pub fn run(args: ServeArgs) -> Result<i32> {
             .decode_budget_pixels
             .unwrap_or_else(|| serve::default_decode_budget(args.max_pixels)),
     };
-    serve::run(config, args.model)
+    let model = ModelArgs {
+        few_shot: Some(args.few_shot),
+        ..args.model
+    };
+    serve::run(config, model)
 }
 
 #[cfg(test)]

@@ -31,6 +31,15 @@
 //!    `index.html` gallery of its most instructive images (lowest-scored anomalies,
 //!    highest-scored normal images; at most `--gallery-size`), with `DIR/index.html` over all.
 //!
+//! 7. `--shots K`: few-shot. Per category, `K` references are drawn from its normal training
+//!    images (MVTec AD: `train/good`; VisA: the manifest's train split; other layouts: the spec's
+//!    `references=DIR`), never from its test images, once per `--seeds` seed (default 0–4); the
+//!    table shows the mean over the seeds, then their standard deviation, and the JSON report both
+//!    with every seed's figures and the references drawn. Maps and pictures are the first seed's.
+//!    A category with fewer than `K` normal training images is refused by name before the model
+//!    loads. In the training-free mode each category's class name goes into the prompts (the spec's
+//!    `class=`, else the MVTec AD / VisA category name).
+//!
 //! Exit status: 0 done; 1 an image or mask failed to decode (or an output failed to write) during
 //! the evaluation, which stops it; 2 the run could not start (bad option or data set, no
 //! weights).
@@ -41,10 +50,11 @@ pub(crate) mod report;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
-use headclip::detector::Detector;
+use headclip::detector::{Detector, References, DEFAULT_BANK_CAP, DEFAULT_BETA};
 use headclip::eval::select::Instructive;
+use headclip::eval::shots::{self, FewShotReport, Statistic};
 use headclip::eval::{
     self, AuproVariants, CategoryDone, DatasetReport, EvalError, EvalObserver, EvalOptions,
     Evaluation, ModelSummary, ObserverError, Report, ScoredImage, Thresholds, Timing,
@@ -130,6 +140,27 @@ pub struct TestArgs {
     pub max_pixels: u64,
     #[command(flatten)]
     pub calibration: CalibrationArgs,
+    /// Few-shot: K normal references per category from its training images, once per seed.
+    #[arg(long, value_name = "K")]
+    pub shots: Option<usize>,
+    /// The seeds of the reference draws (comma-separated); figures are their mean and standard
+    /// deviation.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2,3,4")]
+    pub seeds: Vec<u64>,
+    /// Weight β of the few-shot map in the fused map.
+    #[arg(long, default_value_t = DEFAULT_BETA)]
+    pub beta: f64,
+    /// The most patch features per read-out layer a bank may hold (K × (S/P)²).
+    #[arg(long, default_value_t = DEFAULT_BANK_CAP)]
+    pub bank_cap: usize,
+}
+
+/// `--shots`: how many references, drawn with which seeds.
+struct Shots {
+    k: usize,
+    seeds: Vec<u64>,
+    beta: f64,
+    bank_cap: usize,
 }
 
 /// The checked options: whatever is wrong with them is found before any data set is read.
@@ -146,6 +177,7 @@ struct Plan {
     calibration_args: CalibrationArgs,
     /// Loaded with the model, whose identity it is checked against.
     calibration: Option<Calibration>,
+    shots: Option<Shots>,
 }
 
 /// Where the reports go (each optional).
@@ -167,6 +199,30 @@ impl Plan {
         let decode_threads = args
             .decode_threads
             .unwrap_or_else(|| default_decode_threads(&args.model.device));
+        let shots = match args.shots {
+            None => None,
+            Some(0) => bail!("--shots must be at least 1"),
+            Some(_) if args.calibration.calibration.is_some() => {
+                bail!(
+                    "--calibration cannot be used with --shots: a calibration belongs to one set of \
+                     references, and --shots draws new ones for every seed"
+                )
+            }
+            Some(k) => {
+                if args.seeds.is_empty() {
+                    bail!("--seeds needs at least one seed");
+                }
+                if !(0.0..=1.0).contains(&args.beta) {
+                    bail!("--beta {} is outside [0, 1]", args.beta);
+                }
+                Some(Shots {
+                    k,
+                    seeds: args.seeds.clone(),
+                    beta: args.beta,
+                    bank_cap: args.bank_cap,
+                })
+            }
+        };
         Ok(Plan {
             specs: args.data,
             allow_missing_masks: args.allow_missing_masks,
@@ -187,6 +243,7 @@ impl Plan {
             gallery_size: args.gallery_size,
             calibration_args: args.calibration,
             calibration: None,
+            shots,
         })
     }
 
@@ -317,7 +374,16 @@ fn load_model(plan: &Plan) -> Result<Detector> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         tch::set_num_threads(cores.saturating_sub(plan.decode_threads).max(1) as i32);
     }
-    Ok(load_detector(&plan.model)?.with_limits(plan.limits))
+    let mut model = plan.model.clone();
+    if let Some(shots) = &plan.shots {
+        model.few_shot = Some(crate::engine::FewShotArgs {
+            references: None,
+            beta: shots.beta,
+            bank_cap: shots.bank_cap,
+            class_name: None,
+        });
+    }
+    Ok(load_detector(&model)?.with_limits(plan.limits))
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -516,6 +582,22 @@ impl<'a> Observer<'a> {
         })
     }
 
+    /// An observer that only shows progress (later seeds of `--shots`).
+    fn progress_only(datasets: &[Dataset]) -> Observer<'a> {
+        let total: usize = datasets.iter().map(Dataset::len).sum();
+        let progress = ProgressBar::new(total as u64);
+        progress.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} images, {per_sec}, eta {eta} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Observer {
+            progress,
+            current: None,
+            maps: None,
+            pictures: None,
+        }
+    }
+
     /// Reports an evaluation that stopped.
     fn abandon(&self, error: &EvalError) {
         self.progress.abandon();
@@ -614,6 +696,7 @@ fn json_report(
     evaluation: Evaluation,
     model: ModelSummary,
     timing: Timing,
+    few_shot: Option<FewShotReport>,
 ) -> Result<Vec<u8>> {
     let report = Report {
         headclip_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -637,6 +720,7 @@ fn json_report(
         calibration: plan.calibration_args.calibration.clone(),
         timing,
         peak_rss_bytes: peak_rss_bytes(),
+        few_shot,
     };
     let mut bytes = serde_json::to_vec_pretty(&report)?;
     bytes.push(b'\n');
@@ -652,6 +736,7 @@ fn write_reports(
     maps: Option<MapsOut<'_>>,
     evaluation: Evaluation,
     timing: Timing,
+    few_shot: Option<FewShotReport>,
 ) -> Result<Vec<String>> {
     let mut written: Vec<String> = Vec::new();
     if let Some(maps) = maps {
@@ -683,6 +768,19 @@ fn write_reports(
         "\nThresholds where {at} (a value is positive when ≥ its threshold):\n\n{}",
         report::table::markdown_thresholds(&evaluation.datasets)
     );
+    if let Some(fs) = &few_shot {
+        let std: Vec<_> = fs.per_seed[0]
+            .iter()
+            .zip(&fs.datasets)
+            .map(|(result, stats)| shots::with_statistic(result, stats, Statistic::Std))
+            .collect();
+        println!(
+            "\nStandard deviation over the seeds (×100; K = {}, seeds {}):\n",
+            fs.shots,
+            seed_list(&fs.seeds)
+        );
+        print!("{}", report::table::markdown(&std, plan.aupro));
+    }
     if let Some(path) = &plan.outputs.csv {
         write_file(path, &report::table::csv(&evaluation.datasets, plan.aupro)?)?;
         written.push(path.display().to_string());
@@ -690,7 +788,7 @@ fn write_reports(
     if let Some(path) = &plan.outputs.json {
         write_file(
             path,
-            &json_report(plan, datasets, evaluation, model, timing)?,
+            &json_report(plan, datasets, evaluation, model, timing, few_shot)?,
         )?;
         written.push(path.display().to_string());
     }
@@ -736,8 +834,14 @@ pub fn run(args: TestArgs) -> Result<i32> {
     let folders = names::category_folders(&datasets);
     let data_load_seconds = started.elapsed().as_secs_f64();
 
+    let pools = match &plan.shots {
+        Some(shots) => {
+            Some(shots::reference_pools(&datasets, &plan.specs, shots.k).map_err(|e| anyhow!(e))?)
+        }
+        None => None,
+    };
     let model_started = Instant::now();
-    let detector = load_model(&plan)?;
+    let mut detector = load_model(&plan)?;
     let mut plan = plan;
     plan.calibration = plan.calibration_args.load(&detector)?;
     let setup = Setup {
@@ -748,12 +852,31 @@ pub fn run(args: TestArgs) -> Result<i32> {
 
     let side = detector.side() as usize;
     let mut observer = Observer::new(&plan, &datasets, &folders, side)?;
-    let evaluation = match eval::evaluate(&detector, &datasets, &plan.eval_options(), &mut observer)
-    {
-        Ok(e) => e,
-        Err(e) => {
-            observer.abandon(&e);
-            return Ok(crate::EXIT_SOME_FAILED);
+    let (evaluation, few_shot) = match &pools {
+        None => {
+            let mut condition = class_names_only(&plan, &datasets, &detector);
+            match eval::evaluate_conditioned(
+                &mut detector,
+                &datasets,
+                &plan.eval_options(),
+                &mut observer,
+                &mut condition,
+            ) {
+                Ok(e) => (e, None),
+                Err(e) => {
+                    observer.abandon(&e);
+                    return Ok(crate::EXIT_SOME_FAILED);
+                }
+            }
+        }
+        Some(pools) => {
+            match evaluate_over_seeds(&plan, &datasets, pools, &mut detector, &mut observer) {
+                Ok(done) => done,
+                Err(e) => {
+                    observer.abandon(&e);
+                    return Ok(crate::EXIT_SOME_FAILED);
+                }
+            }
         }
     };
     observer.progress.finish_and_clear();
@@ -767,7 +890,110 @@ pub fn run(args: TestArgs) -> Result<i32> {
         observer.maps,
         evaluation,
         timing,
+        few_shot,
     )?;
     print_summary(&timing, &written);
     Ok(0)
+}
+
+/// `0,1,2,3,4` as people write it.
+fn seed_list(seeds: &[u64]) -> String {
+    seeds
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Sets each category's class name in the training-free prompts; with learned prompts, which
+/// ignore class names, says so once and does nothing.
+fn class_names_only<'a>(
+    plan: &'a Plan,
+    datasets: &'a [Dataset],
+    detector: &Detector,
+) -> impl FnMut(&mut Detector, usize, usize) -> Result<(), String> + 'a {
+    let learned = detector.model().mode == headclip::model::PromptMode::Learned;
+    if learned {
+        tracing::info!("learned prompts are object-agnostic: class names are not used");
+    }
+    move |detector, d, c| {
+        if learned {
+            return Ok(());
+        }
+        let name = shots::class_name(&plan.specs[d], &datasets[d].categories[c]);
+        detector.set_class_name(name)
+    }
+}
+
+/// `--shots K`: one evaluation per seed, each category with its own K references drawn from
+/// `pools` with that seed; returns the first seed's evaluation with the mean figures, and the
+/// few-shot report. Maps and pictures are written for the first seed only.
+fn evaluate_over_seeds<'p>(
+    plan: &'p Plan,
+    datasets: &[Dataset],
+    pools: &[Vec<Vec<PathBuf>>],
+    detector: &mut Detector,
+    observer: &mut Observer<'p>,
+) -> Result<(Evaluation, Option<FewShotReport>), EvalError> {
+    let shots = plan.shots.as_ref().expect("few-shot plan");
+    let mut per_seed = Vec::new();
+    let mut references = Vec::new();
+    let mut first: Option<Evaluation> = None;
+    for (i, &seed) in shots.seeds.iter().enumerate() {
+        tracing::info!(
+            "few-shot: K = {} references per category, seed {seed} ({} of {})",
+            shots.k,
+            i + 1,
+            shots.seeds.len()
+        );
+        let mut drawn: Vec<Vec<Vec<PathBuf>>> = pools
+            .iter()
+            .map(|ds| ds.iter().map(|_| Vec::new()).collect())
+            .collect();
+        let mut class_names = class_names_only(plan, datasets, detector);
+        let mut condition = |detector: &mut Detector, d: usize, c: usize| {
+            let refs = shots::draw(&pools[d][c], shots.k, seed);
+            drawn[d][c] = refs.clone();
+            detector.set_references(Some(References::Images(refs)))?;
+            class_names(detector, d, c)
+        };
+        let mut quiet = Observer::progress_only(datasets);
+        let watching: &mut dyn EvalObserver = if i == 0 { observer } else { &mut quiet };
+        let evaluation = eval::evaluate_conditioned(
+            detector,
+            datasets,
+            &plan.eval_options(),
+            watching,
+            &mut condition,
+        )?;
+        quiet.progress.finish_and_clear();
+        per_seed.push(evaluation.datasets.clone());
+        references.push(drawn);
+        first.get_or_insert(evaluation);
+    }
+    let mut evaluation = first.expect("at least one seed");
+    let stats = shots::over_seeds(&per_seed);
+    evaluation.datasets = evaluation
+        .datasets
+        .iter()
+        .zip(&stats)
+        .map(|(result, s)| shots::with_statistic(result, s, Statistic::Mean))
+        .collect();
+    println!(
+        "Few-shot, K = {} references per category, mean over seeds {} (β = {}):\n",
+        shots.k,
+        seed_list(&shots.seeds),
+        shots.beta
+    );
+    Ok((
+        evaluation,
+        Some(FewShotReport {
+            shots: shots.k,
+            seeds: shots.seeds.clone(),
+            beta: shots.beta,
+            datasets: stats,
+            references,
+            per_seed,
+        }),
+    ))
 }

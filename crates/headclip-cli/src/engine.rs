@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use headclip::detector::{parse_device, Detector, ModelSpec, Precision};
+use headclip::detector::{
+    parse_device, Detector, ModelSpec, Precision, References, DEFAULT_BANK_CAP, DEFAULT_BETA,
+};
 use headclip::weights;
 
 /// The official checkpoint the paper uses, fetched when no weights are given.
@@ -39,6 +41,48 @@ pub struct ModelArgs {
     /// (CUDA only). Maps and scores are always computed in fp32.
     #[arg(long, default_value = "fp32")]
     pub precision: Precision,
+    /// Few-shot references and class name, for the commands that take them.
+    #[arg(skip)]
+    pub few_shot: Option<FewShotArgs>,
+}
+
+/// Few-shot references and the class name of `predict` and `serve`.
+#[derive(Args, Debug, Clone)]
+pub struct FewShotArgs {
+    /// Few-shot: a folder of normal images of the part (searched recursively), or a bank saved
+    /// by `headclip bank`. Their patch features are compared with every image's.
+    #[arg(long, value_name = "DIR|BANK")]
+    pub references: Option<PathBuf>,
+    /// Weight β of the few-shot map in the fused map (1 − β)·zero-shot + β·few-shot, in [0, 1].
+    #[arg(long, default_value_t = DEFAULT_BETA)]
+    pub beta: f64,
+    /// The most patch features per read-out layer the bank may hold (references × (S/P)²);
+    /// more references are refused.
+    #[arg(long, default_value_t = DEFAULT_BANK_CAP)]
+    pub bank_cap: usize,
+    /// The object's name in the training-free prompts ("metal_nut" reads "metal nut"); learned
+    /// prompts ignore it.
+    #[arg(long)]
+    pub class_name: Option<String>,
+}
+
+impl FewShotArgs {
+    /// Writes the references, β, the cap and the class name into `spec`.
+    fn apply(&self, spec: &mut ModelSpec) -> Result<()> {
+        if let Some(path) = &self.references {
+            if !path.exists() {
+                bail!(
+                    "--references {}: no such folder or bank file",
+                    path.display()
+                );
+            }
+            spec.references = Some(References::from_path(path));
+        }
+        spec.beta = self.beta;
+        spec.bank_cap = self.bank_cap;
+        spec.class_name = self.class_name.clone();
+        Ok(())
+    }
 }
 
 /// The weights file to use: the one given (or in the folder given), or the official default from
@@ -83,16 +127,18 @@ impl ModelArgs {
             }
             tch::set_num_threads(n);
         }
-        let spec = ModelSpec {
-            weights: resolve_weights(self.weights.as_deref())?,
+        let mut spec = ModelSpec {
             clip_config: self.clip_config.clone(),
             params: self.params.clone(),
             image_size: self.image_size,
             device,
             precision: self.precision,
+            ..ModelSpec::new(resolve_weights(self.weights.as_deref())?)
         };
-        spec.check()
-            .map_err(|e| anyhow!("--precision {}: {e}", self.precision))?;
+        if let Some(few_shot) = &self.few_shot {
+            few_shot.apply(&mut spec)?;
+        }
+        spec.check().map_err(|e| anyhow!("{e}"))?;
         if let Some(config) = &spec.clip_config {
             if !config.is_file() {
                 bail!("--clip-config {} not found", config.display());

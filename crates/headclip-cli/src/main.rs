@@ -2,6 +2,7 @@
 //! finds the weights, reports progress and errors, and writes files.
 
 mod calibration_args;
+mod cmd_bank;
 mod cmd_bench;
 mod cmd_calibrate;
 mod cmd_predict;
@@ -36,6 +37,8 @@ enum Command {
     Calibrate(cmd_calibrate::CalibrateArgs),
     /// Serve detection over HTTP, with a web page.
     Serve(cmd_serve::ServeArgs),
+    /// Build and save the few-shot memory bank of a folder of normal images.
+    Bank(cmd_bank::BankArgs),
     /// Time inference and training steps (see BENCHMARKS.md).
     Bench(cmd_bench::BenchArgs),
     /// Find, download, verify or generate CLIP checkpoints.
@@ -68,6 +71,7 @@ fn main() {
         Command::Test(args) => cmd_test::run(args),
         Command::Calibrate(args) => cmd_calibrate::run(args),
         Command::Serve(args) => cmd_serve::run(args),
+        Command::Bank(args) => cmd_bank::run(args),
         Command::Bench(args) => cmd_bench::run(args),
         Command::Weights(args) => cmd_weights::run(args).map(|()| 0),
     };

@@ -17,6 +17,12 @@ pub struct DataSpec {
     pub layout: Layout,
     /// The display name given with `name=`.
     pub name: Option<String>,
+    /// Few-shot references given with `references=DIR` (for layouts without a training split):
+    /// `DIR/<category>/` where that folder exists, else `DIR`.
+    pub references: Option<PathBuf>,
+    /// The class name given with `class=NAME`, for every category of the set (default: the
+    /// category's name for MVTec AD and VisA, "object" otherwise).
+    pub class_name: Option<String>,
     text: String,
 }
 
@@ -37,6 +43,9 @@ impl fmt::Display for DataSpec {
         f.write_str(&self.text)
     }
 }
+
+/// The keys every kind takes: its display name, few-shot references, the class name.
+pub(crate) const COMMON_KEYS: [&str; 3] = ["name", "references", "class"];
 
 /// A spec string that does not follow the syntax. Its message says what was expected and shows
 /// the syntax of the kind (or of every kind).
@@ -84,9 +93,17 @@ impl FromStr for DataSpec {
         let fail = |m: String| fail(Some(kind), m);
         let mut options = Options::tokenise(kind, rest).map_err(fail)?;
         let name = options.text("name");
+        let references = options.path("references");
+        let class_name = options.text("class");
         let layout = Layout::parse(kind, &mut options).map_err(fail)?;
         debug_assert!(options.items.is_empty(), "every accepted key is consumed");
-        Ok(DataSpec { layout, name, text })
+        Ok(DataSpec {
+            layout,
+            name,
+            references,
+            class_name,
+            text,
+        })
     }
 }
 
@@ -128,9 +145,9 @@ impl Options {
         Ok(options)
     }
 
-    /// Every kind takes `name=`; the others are the kind's own.
+    /// Every kind takes the [`COMMON_KEYS`]; the others are the kind's own.
     fn accepts(&self, key: &str) -> bool {
-        key == "name" || self.kind.info().keys.contains(&key)
+        COMMON_KEYS.contains(&key) || self.kind.info().keys.contains(&key)
     }
 
     fn starts_with_option(&self, key: &str) -> bool {

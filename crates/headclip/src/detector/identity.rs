@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Detector;
 use crate::clip::find_checkpoint;
+use crate::model::PromptMode;
 use crate::weights::{self, WeightsError};
 
 /// Everything that moves a score: two detectors with equal identities give the same scores for
@@ -29,13 +30,14 @@ pub struct ScoreIdentity {
     pub image_size: u32,
     /// The towers' precision (`fp32`, `bf16`, `fp16`).
     pub precision: String,
-    /// Few-shot references (identifiers of the images or of the saved bank), in order.
+    /// The few-shot references' sha256, sorted.
     #[serde(default)]
     pub references: Vec<String>,
     /// The few-shot fusion weight β; `None` without references.
     #[serde(default)]
     pub beta: Option<f64>,
-    /// The object's name in the training-free prompts; `None` for "object".
+    /// The object's name in the training-free prompts; `None` for "object" and for learned
+    /// prompts, which ignore it.
     #[serde(default)]
     pub class_name: Option<String>,
 }
@@ -134,10 +136,24 @@ impl Detector {
             scoring_config_sha256: sha256_text(&scoring),
             image_size: self.side(),
             precision: spec.precision.to_string(),
-            references: Vec::new(),
-            beta: None,
-            class_name: None,
+            references: self.reference_identities(),
+            beta: self.few_shot().map(|f| f.beta),
+            class_name: match model.mode {
+                PromptMode::TrainingFree => spec.class_name.clone(),
+                PromptMode::Learned => None,
+            },
         })
+    }
+
+    /// The references' sha256, sorted: the bank's nearest-neighbour search does not depend on
+    /// their order, names or whether they came from a folder or a saved bank.
+    fn reference_identities(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .few_shot()
+            .map(|f| f.references.iter().map(|r| r.sha256.clone()).collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
     }
 }
 

@@ -37,6 +37,9 @@ pub enum LoadError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The few-shot references could not make a bank.
+    #[error("{0}")]
+    References(String),
 }
 
 /// CLIP from the spec's weights, on its device and in its precision, computed as its config
@@ -87,8 +90,15 @@ impl Detector {
             config.image_size = spec.image_size;
         }
         let resolved = config.resolve(&clip.config)?;
-        let model = HeadClip::new(clip, params, resolved)?;
-        let detector = Detector::from_model(model, spec.clone());
+        let learned = params.is_some();
+        let model = HeadClip::with_class_name(clip, params, resolved, spec.class_name.as_deref())?;
+        if let (true, Some(name)) = (learned, &spec.class_name) {
+            tracing::info!("class name {name:?} ignored: learned prompts are object-agnostic");
+        }
+        let mut detector = Detector::from_model(model, spec.clone());
+        detector
+            .set_references(spec.references.clone())
+            .map_err(LoadError::References)?;
         let info = detector.info();
         tracing::info!(
             "{} ({}) from {} at S = {}, on {} in {}, loaded in {:.1} s",

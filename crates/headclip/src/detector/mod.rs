@@ -29,6 +29,7 @@
 
 mod identity;
 mod load;
+mod references;
 mod spec;
 mod stream;
 
@@ -44,7 +45,8 @@ use crate::model::{HeadClip, ImageScore, PromptMode};
 
 pub use identity::{IdentityError, ScoreIdentity};
 pub use load::{load_clip, LoadError};
-pub use spec::{parse_device, ModelSpec, Precision};
+pub use references::{BankOrigin, FewShotSummary, ReferenceRecord, BANK_KEY};
+pub use spec::{parse_device, ModelSpec, Precision, References, DEFAULT_BANK_CAP, DEFAULT_BETA};
 pub use stream::{StreamFailure, StreamOptions, StreamStats};
 
 /// One image's result.
@@ -148,11 +150,13 @@ pub struct Detector {
     model: HeadClip,
     preprocessor: Preprocessor,
     spec: ModelSpec,
+    few_shot: Option<FewShotSummary>,
 }
 
 impl Detector {
     /// A detector around a model already built (tests, and callers that build CLIP
-    /// themselves); `spec` records what it was built from.
+    /// themselves); `spec` records what it was built from, except its references and class
+    /// name, which [`Detector::set_references`] and [`Detector::set_class_name`] apply.
     pub fn from_model(model: HeadClip, spec: ModelSpec) -> Self {
         let preprocessor = Preprocessor {
             side: model.image_size() as u32,
@@ -162,7 +166,11 @@ impl Detector {
         Self {
             model,
             preprocessor,
-            spec,
+            spec: ModelSpec {
+                references: None,
+                ..spec
+            },
+            few_shot: None,
         }
     }
 

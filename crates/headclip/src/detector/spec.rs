@@ -77,8 +77,39 @@ pub fn parse_device(s: &str) -> Result<Device, String> {
     Ok(device)
 }
 
-/// What a [`super::Detector`] is built from. Later parts of the description (the backbone's
-/// config, few-shot references, class names, a calibration) become fields here.
+/// Few-shot references: normal images of the part, or a bank saved from them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum References {
+    /// A folder of normal images (searched recursively; files that are not images are named
+    /// and left out).
+    Folder(PathBuf),
+    /// Normal image files (`headclip test --shots` draws them).
+    Images(Vec<PathBuf>),
+    /// A bank saved by `headclip bank`, refused when built for another model.
+    Bank(PathBuf),
+}
+
+impl References {
+    /// A folder of images, or a saved bank file.
+    pub fn from_path(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        if path.is_file() {
+            References::Bank(path)
+        } else {
+            References::Folder(path)
+        }
+    }
+}
+
+/// The default cap on the bank: patch features per read-out layer, 16 references of 37×37
+/// patches (ViT-L/14 at S = 518: 64 MiB per read-out layer of width 768, 257 MiB for four).
+pub const DEFAULT_BANK_CAP: usize = 16 * 37 * 37;
+
+/// The default weight of the few-shot map in the fused one.
+pub const DEFAULT_BETA: f64 = 0.5;
+
+/// What a [`super::Detector`] is built from. Later parts of the description (a calibration)
+/// become fields here.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
     /// The CLIP checkpoint (any format [`crate::clip::load_state_dict`] reads), or a folder
@@ -93,6 +124,15 @@ pub struct ModelSpec {
     pub image_size: Option<i64>,
     pub device: Device,
     pub precision: Precision,
+    /// Few-shot references; `None` is the zero-shot model.
+    pub references: Option<References>,
+    /// The most patch features per read-out layer the bank may hold (references × G²).
+    pub bank_cap: usize,
+    /// β of the fused map `(1 − β)·M + β·M_fs`, in [0, 1]; used with references only.
+    pub beta: f64,
+    /// The object's class name in the training-free prompt ensemble (`None`: "object").
+    /// Learned prompts ignore it.
+    pub class_name: Option<String>,
 }
 
 impl ModelSpec {
@@ -105,6 +145,10 @@ impl ModelSpec {
             image_size: None,
             device: Device::Cpu,
             precision: Precision::Fp32,
+            references: None,
+            bank_cap: DEFAULT_BANK_CAP,
+            beta: DEFAULT_BETA,
+            class_name: None,
         }
     }
 
@@ -112,6 +156,15 @@ impl ModelSpec {
     pub fn check(&self) -> Result<(), String> {
         if self.precision == Precision::Fp16 && self.device == Device::Cpu {
             return Err("precision fp16 needs a CUDA device; on the CPU use bf16".into());
+        }
+        if !(0.0..=1.0).contains(&self.beta) {
+            return Err(format!("beta {} is outside [0, 1]", self.beta));
+        }
+        if self.bank_cap == 0 {
+            return Err("the bank cap must be at least 1 patch feature".into());
+        }
+        if matches!(&self.references, Some(References::Images(files)) if files.is_empty()) {
+            return Err("no reference images given".into());
         }
         Ok(())
     }

@@ -23,6 +23,7 @@ mod calibrated;
 pub mod curves;
 mod run;
 pub mod select;
+pub mod shots;
 
 use std::path::PathBuf;
 
@@ -36,8 +37,8 @@ use headclip_metrics::{ImageMetrics, PixelMetrics};
 
 pub use calibrated::{defect_rows, AtThresholds, DefectResult, Figures, Thresholds};
 pub use run::{
-    evaluate, CategoryDone, EvalError, EvalObserver, EvalOptions, Evaluation, ImageRecord,
-    ObserverError, ScoredImage,
+    evaluate, evaluate_conditioned, CategoryDone, Condition, EvalError, EvalObserver, EvalOptions,
+    Evaluation, ImageRecord, ObserverError, ScoredImage,
 };
 
 /// Which AUPRO variant(s) a report shows (both are always computed; see
@@ -412,6 +413,10 @@ pub struct Report {
     pub timing: Timing,
     /// Peak resident memory of the process (`VmHWM`), where the system reports it.
     pub peak_rss_bytes: Option<u64>,
+    /// With `--shots K`: K, the seeds, and the figures' mean and standard deviation over them
+    /// (`datasets` then holds the mean figures).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub few_shot: Option<shots::FewShotReport>,
 }
 
 #[cfg(test)]

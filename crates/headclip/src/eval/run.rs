@@ -73,6 +73,14 @@ pub enum EvalError {
     /// The options make no sense (a batch size of 0, say).
     #[error("invalid evaluation option: {0}")]
     Options(String),
+    /// A category's references or class name could not be set.
+    #[error("{category}: {message}")]
+    Condition {
+        /// `data set / category`.
+        category: String,
+        /// Why.
+        message: String,
+    },
     /// The observer gave up (a file it writes could not be written, say).
     #[error(transparent)]
     Observer(ObserverError),
@@ -208,6 +216,53 @@ pub fn evaluate(
     options: &EvalOptions,
     observer: &mut dyn EvalObserver,
 ) -> Result<Evaluation, EvalError> {
+    check_options(options)?;
+    let started = Instant::now();
+    let positions = all_positions(datasets);
+    let mut state = Loop::new(datasets, options, observer, detector.side());
+    let model_seconds = stream(detector, &positions, &mut state)?;
+    state.finish(started, positions.len(), model_seconds)
+}
+
+/// What a category needs set on the detector before its images are scored (its few-shot
+/// references, its class name), given the indices of its data set and of the category; the
+/// message says why it could not be.
+pub type Condition<'c> = dyn FnMut(&mut Detector, usize, usize) -> Result<(), String> + 'c;
+
+/// As [`evaluate`], with `condition` applied to the detector before each category's images are
+/// scored, so that each category may have its own references and class name. The side S must
+/// not change.
+///
+/// # Errors
+/// As [`evaluate`]; a condition that fails stops the evaluation
+/// ([`EvalError::Condition`]).
+pub fn evaluate_conditioned(
+    detector: &mut Detector,
+    datasets: &[Dataset],
+    options: &EvalOptions,
+    observer: &mut dyn EvalObserver,
+    condition: &mut Condition<'_>,
+) -> Result<Evaluation, EvalError> {
+    check_options(options)?;
+    let started = Instant::now();
+    let positions = all_positions(datasets);
+    let side = detector.side();
+    let mut state = Loop::new(datasets, options, observer, side);
+    let mut model_seconds = 0.0;
+    for part in positions.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+        let (d, c, _) = part[0];
+        let (dataset, category) = (&datasets[d], &datasets[d].categories[c]);
+        condition(detector, d, c).map_err(|message| EvalError::Condition {
+            category: format!("{} / {}", dataset.name, category.name),
+            message,
+        })?;
+        debug_assert_eq!(detector.side(), side, "a condition must keep the side");
+        model_seconds += stream(detector, part, &mut state)?;
+    }
+    state.finish(started, positions.len(), model_seconds)
+}
+
+fn check_options(options: &EvalOptions) -> Result<(), EvalError> {
     if options.batch_size == 0 {
         return Err(EvalError::Options("batch size must be at least 1".into()));
     }
@@ -216,9 +271,12 @@ pub fn evaluate(
             "decode threads must be at least 1".into(),
         ));
     }
-    let started = Instant::now();
-    let side = detector.side();
-    let positions: Vec<Position> = datasets
+    Ok(())
+}
+
+/// Every sample's position, in data set, category and sample order.
+fn all_positions(datasets: &[Dataset]) -> Vec<Position> {
+    datasets
         .iter()
         .enumerate()
         .flat_map(|(d, ds)| {
@@ -227,10 +285,20 @@ pub fn evaluate(
                 .enumerate()
                 .flat_map(move |(c, cat)| (0..cat.samples.len()).map(move |s| (d, c, s)))
         })
-        .collect();
+        .collect()
+}
+
+/// Scores the samples at `positions` into `state`; returns the seconds spent in the model.
+fn stream(
+    detector: &Detector,
+    positions: &[Position],
+    state: &mut Loop<'_, '_>,
+) -> Result<f64, EvalError> {
+    let datasets = state.datasets;
+    let side = state.side;
     let stream = StreamOptions {
-        batch_size: options.batch_size,
-        workers: options.decode_threads,
+        batch_size: state.options.batch_size,
+        workers: state.options.decode_threads,
     };
     let preprocessor = *detector.preprocessor();
     let prepare = |&(d, c, s): &Position| {
@@ -247,17 +315,8 @@ pub fn evaluate(
             read_mask_for(category, sample, side, &preprocessor.limits)?,
         ))
     };
-    let mut state = Loop {
-        datasets,
-        options,
-        observer,
-        current: None,
-        results: datasets.iter().map(|_| Vec::new()).collect(),
-        metrics_seconds: 0.0,
-        side,
-    };
     let mut failure = None;
-    let stats = detector.detect_stream(&positions, &stream, prepare, |i, result| {
+    let stats = detector.detect_stream(positions, &stream, prepare, |i, result| {
         let scored = result.map_err(|failure| match failure {
             StreamFailure::Prepare(e) => e,
             StreamFailure::Score(error) => {
@@ -276,24 +335,11 @@ pub fn evaluate(
             }
         }
     });
-    if let Some(e) = failure {
-        return Err(e);
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(stats.model_seconds),
     }
-    state.finish_category()?;
-    let datasets = datasets
-        .iter()
-        .zip(state.results)
-        .map(|(ds, cats)| DatasetResult::new(ds, cats))
-        .collect();
-    Ok(Evaluation {
-        datasets,
-        images: positions.len(),
-        seconds: started.elapsed().as_secs_f64(),
-        model_seconds: stats.model_seconds,
-        metrics_seconds: state.metrics_seconds,
-    })
 }
-
 /// The evaluation names the file itself; the inner error says what is wrong with it.
 fn unwrap_file_error(error: DataError) -> DataError {
     match error {
@@ -312,7 +358,47 @@ struct Loop<'a, 'o> {
     side: u32,
 }
 
-impl Loop<'_, '_> {
+impl<'a, 'o> Loop<'a, 'o> {
+    fn new(
+        datasets: &'a [Dataset],
+        options: &'a EvalOptions,
+        observer: &'o mut dyn EvalObserver,
+        side: u32,
+    ) -> Self {
+        Loop {
+            datasets,
+            options,
+            observer,
+            current: None,
+            results: datasets.iter().map(|_| Vec::new()).collect(),
+            metrics_seconds: 0.0,
+            side,
+        }
+    }
+
+    /// The last category's metrics, then the whole evaluation's figures.
+    fn finish(
+        mut self,
+        started: Instant,
+        images: usize,
+        model_seconds: f64,
+    ) -> Result<Evaluation, EvalError> {
+        self.finish_category()?;
+        let datasets = self
+            .datasets
+            .iter()
+            .zip(self.results)
+            .map(|(ds, cats)| DatasetResult::new(ds, cats))
+            .collect();
+        Ok(Evaluation {
+            datasets,
+            images,
+            seconds: started.elapsed().as_secs_f64(),
+            model_seconds,
+            metrics_seconds: self.metrics_seconds,
+        })
+    }
+
     fn add(
         &mut self,
         (d, c, s): Position,

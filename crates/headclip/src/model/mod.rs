@@ -2,6 +2,7 @@
 //! on the value–value path, anomaly maps and the joint anomaly score.
 
 mod config;
+pub mod fewshot;
 mod lhw;
 mod params;
 pub mod prompts;
@@ -11,6 +12,7 @@ pub use config::{
     check_image_size, default_layers, ConfigError, HeadClipConfig, LhwForm, LhwPaths,
     ResolvedConfig,
 };
+pub use fewshot::MemoryBank;
 pub use lhw::head_weights;
 pub(crate) use params::serialize_f32;
 pub use params::{HeadClipParams, ParamsError, CONFIG_KEY, DEFAULT_DEEP_PROMPTS};
@@ -99,6 +101,33 @@ pub struct HeadClip {
     pub mode: PromptMode,
     /// `[t_n, t_a]`: [2, E]
     pub text_features: Tensor,
+    /// The object word of the training-free prompt ensemble (`object`, or a class name).
+    pub object_word: String,
+    /// Few-shot references, fused into the map when present.
+    pub few_shot: Option<FewShot>,
+}
+
+/// A memory bank and the weight β of its map in the fused one.
+#[derive(Debug)]
+pub struct FewShot {
+    pub bank: MemoryBank,
+    /// `M' = (1 − β)·M + β·M_fs`.
+    pub beta: f64,
+}
+
+/// The object word of the training-free prompts for a class name: underscores read as spaces
+/// (`metal_nut` → `metal nut`), runs of blanks as one; `object` without a name.
+pub fn object_word(class_name: Option<&str>) -> String {
+    let words: Vec<&str> = class_name
+        .unwrap_or("")
+        .split(|c: char| c == '_' || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+        .collect();
+    if words.is_empty() {
+        "object".into()
+    } else {
+        words.join(" ")
+    }
 }
 
 impl HeadClip {
@@ -108,6 +137,17 @@ impl HeadClip {
         clip: Clip,
         params: Option<HeadClipParams>,
         config: ResolvedConfig,
+    ) -> Result<Self, ModelError> {
+        Self::with_class_name(clip, params, config, None)
+    }
+
+    /// As [`HeadClip::new`], with the object's class name in the training-free prompt ensemble
+    /// (learned prompts are object-agnostic and ignore it).
+    pub fn with_class_name(
+        clip: Clip,
+        params: Option<HeadClipParams>,
+        config: ResolvedConfig,
+        class_name: Option<&str>,
     ) -> Result<Self, ModelError> {
         let device = clip.text.device();
         let tokenizer = ClipTokenizer::new();
@@ -122,11 +162,12 @@ impl HeadClip {
                 )));
             }
         }
+        let object_word = object_word(class_name);
         let text_features = {
             let _guard = tch::no_grad_guard();
             match &params {
                 Some(p) => prompts::learned_text_features(&clip.text, &tokenizer, p)?,
-                None => prompts::ensemble_text_features(&clip.text, &tokenizer, "object")?,
+                None => prompts::ensemble_text_features(&clip.text, &tokenizer, &object_word)?,
             }
         };
         let mode = if params.is_some() {
@@ -140,7 +181,34 @@ impl HeadClip {
             params,
             mode,
             text_features,
+            object_word,
+            few_shot: None,
         })
+    }
+
+    /// Sets the class name of the training-free prompt ensemble, re-encoding its text features
+    /// when the object word changes; with learned prompts nothing changes.
+    pub fn set_class_name(&mut self, class_name: Option<&str>) -> Result<(), ModelError> {
+        let word = object_word(class_name);
+        if self.mode == PromptMode::Learned || word == self.object_word {
+            return Ok(());
+        }
+        self.text_features =
+            prompts::ensemble_text_features(&self.clip.text, &ClipTokenizer::new(), &word)?;
+        self.object_word = word;
+        Ok(())
+    }
+
+    /// The memory bank of normalised reference images [K, 3, S, S], computed exactly as the
+    /// zero-shot map's features, one forward chunk at a time.
+    pub fn memory_bank(&self, references: &Tensor) -> MemoryBank {
+        let _guard = tch::no_grad_guard();
+        let parts: Vec<MemoryBank> = references
+            .split(forward_chunk(references, self.device()), 0)
+            .iter()
+            .map(|part| MemoryBank::from_features(&self.image_features(part).patch_features))
+            .collect();
+        MemoryBank::concat(&parts)
     }
 
     pub fn device(&self) -> Device {
@@ -160,10 +228,27 @@ impl HeadClip {
         }
     }
 
-    /// Global scores and per-layer maps for a batch of normalised images [B, 3, S, S].
+    /// Global scores and per-layer maps for a batch of normalised images [B, 3, S, S]; with
+    /// few-shot references, the per-layer maps are the fused ones.
     pub fn forward(&self, images: &Tensor, text_features: &Tensor) -> BatchOutput {
         let features = self.image_features(images);
-        self.maps_from_features(&features, text_features, images.size()[3])
+        let side = images.size()[3];
+        let out = self.maps_from_features(&features, text_features, side);
+        match &self.few_shot {
+            Some(fs) => {
+                let patches: Vec<Tensor> = features
+                    .patch_features
+                    .iter()
+                    .map(|f| f.to_kind(Kind::Float))
+                    .collect();
+                let distances = fewshot::distance_maps(&patches, &fs.bank, side);
+                BatchOutput {
+                    layer_maps: fewshot::fuse(&out.layer_maps, &distances, fs.beta),
+                    global_score: out.global_score,
+                }
+            }
+            None => out,
+        }
     }
 
     /// The vision tower with this model's DPAM options and head weights: `g` and every `F_l`,

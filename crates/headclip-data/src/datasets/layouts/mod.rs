@@ -133,6 +133,10 @@ Relative paths are taken from the current folder unless said otherwise. A value 
 or a double quote is written in double quotes, with \"\" for a quote: key=\"a,b\". Every kind takes
 name=NAME, the data set's display name (default: the root folder's name). Images are recognised
 by their bytes, not their extension; files whose name starts with '.' are ignored.
+Every kind also takes class=NAME, the object's name in the training-free prompts (default: the
+category's name for mvtec and visa, \"object\" otherwise), and references=DIR, the normal images
+`headclip test --shots K` draws from for layouts without a training split (DIR/<category>/ where
+it exists, else DIR).
 ";
 
 /// What `--help` prints about data set specs: the syntax of every kind, with examples.
@@ -182,9 +186,10 @@ impl DataKind {
         format!("{}[,name=NAME]", self.info().usage)
     }
 
-    /// The option keys this kind accepts (besides its root), `name` first.
+    /// The option keys this kind accepts (besides its root), the common ones first.
     pub fn keys(self) -> Vec<&'static str> {
-        std::iter::once("name")
+        super::spec::COMMON_KEYS
+            .into_iter()
             .chain(self.info().keys.iter().copied())
             .collect()
     }
