@@ -495,3 +495,66 @@ fn token_and_metrics() {
         2.0
     );
 }
+
+/// The server takes connections only once the model is loaded: a probe sent during the load
+/// gets no answer (a failed probe), and the same connection gets `ready` once it is loaded.
+/// The load is held up by giving the parameters file as a named pipe, written when the test says.
+#[test]
+fn ready_answers_only_once_the_model_is_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("params.safetensors");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) on a NUL-terminated path in our own temporary directory.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = common::headclip()
+        .arg("serve")
+        .arg("--weights")
+        .arg(common::tiny("clip_openai.safetensors"))
+        .arg("--params")
+        .arg(&fifo)
+        .args(["--threads", "1", "--addr", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut stream = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if started.elapsed() < Duration::from_secs(60) => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("the server never listened: {e}"),
+        }
+    };
+    stream
+        .write_all(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = stream.read(&mut byte);
+    assert!(
+        early.is_err(),
+        "answered while the model was loading: {early:?}"
+    );
+    // Now the parameters arrive and the model loads.
+    let params = std::fs::read(common::tiny("params_learned.safetensors")).unwrap();
+    let writer = std::thread::spawn(move || std::fs::write(&fifo, params));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let _ = child.kill();
+    let _ = child.wait();
+    writer.join().unwrap().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(r#"{"ready":true}"#), "{answer}");
+}

@@ -464,8 +464,9 @@ pub(super) struct Admitted {
 pub(super) enum Payload {
     /// Encoded bytes, in a format the decoder sniffs.
     Encoded(Bytes),
-    /// Pixels already decoded (the v2 protocol's UINT8 tensors).
-    Pixels(RgbImage),
+    /// Pixels already decoded (the v2 protocol's UINT8 tensors), made into RGB on the blocking
+    /// pool by this function.
+    Pixels(Box<dyn FnOnce() -> RgbImage + Send>),
 }
 
 /// Admits an image from its header, before any decoding: refuses it (413, 422) over the decode
@@ -660,12 +661,9 @@ async fn prepare(
                 keep_original,
                 &cancel,
             ),
-            Payload::Pixels(image) => decode::prepare_pixels_unless_cancelled(
-                &preprocessor,
-                image,
-                keep_original,
-                &cancel,
-            ),
+            Payload::Pixels(make) => {
+                decode::prepare_pixels_unless_cancelled(&preprocessor, make, keep_original, &cancel)
+            }
         };
         if matches!(outcome, Err(NotPrepared::Cancelled)) {
             metrics.record_cancelled();

@@ -129,10 +129,11 @@ pub fn prepare_unless_cancelled(
     Ok(prepared)
 }
 
-/// Pre-processes pixels already decoded, unless the request has gone.
+/// Makes the RGB image of pixels already decoded and pre-processes it, unless the request has
+/// gone.
 pub fn prepare_pixels_unless_cancelled(
     preprocessor: &Preprocessor,
-    image: RgbImage,
+    make_image: impl FnOnce() -> RgbImage,
     keep_original: bool,
     cancel: &Cancel,
 ) -> Result<PreparedImage, NotPrepared> {
@@ -140,6 +141,6 @@ pub fn prepare_pixels_unless_cancelled(
         return Err(NotPrepared::Cancelled);
     }
     preprocessor
-        .prepare(ImageSource::Decoded(image), keep_original)
+        .prepare(ImageSource::Decoded(make_image()), keep_original)
         .map_err(NotPrepared::Failed)
 }

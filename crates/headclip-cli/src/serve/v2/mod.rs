@@ -252,7 +252,10 @@ async fn score_all(
             Images::Pixels(batch) => {
                 let admitted =
                     admit_pixels(app, batch.width, batch.height).map_err(|e| e.context(&what))?;
-                (Payload::Pixels(batch.image(index)), admitted)
+                let batch = batch.clone();
+                // Converted on the blocking pool, not here on the async workers.
+                let make = Box::new(move || batch.image(index));
+                (Payload::Pixels(make), admitted)
             }
         };
         let app = app.clone();

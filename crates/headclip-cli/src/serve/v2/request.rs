@@ -70,7 +70,8 @@ pub struct Wanted {
     pub binary: bool,
 }
 
-/// `N` images of `height × width × channels` bytes each, row-major.
+/// `N` images of `height × width × channels` bytes each, row-major; cloned without copying.
+#[derive(Clone)]
 pub struct PixelBatch {
     data: Bytes,
     pub count: usize,
