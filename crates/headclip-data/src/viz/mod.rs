@@ -66,6 +66,32 @@ fn bilinear_taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
         .collect()
 }
 
+/// Stretches a `map_side`×`map_side` map (row-major) bilinearly to `width`×`height`, pixel
+/// centres aligned: the map an overlay shows, at the image's own size.
+///
+/// # Panics
+/// If `map.len() != map_side²` or `map_side` is 0.
+pub fn resize_map(map: &[f32], map_side: usize, width: usize, height: usize) -> Vec<f32> {
+    assert!(map_side > 0, "anomaly map side must be positive");
+    assert_eq!(
+        map.len(),
+        map_side * map_side,
+        "anomaly map is not map_side²"
+    );
+    let xs = bilinear_taps(map_side, width);
+    let ys = bilinear_taps(map_side, height);
+    let mut out = Vec::with_capacity(width * height);
+    for &(y0, y1, fy) in &ys {
+        let (r0, r1) = (&map[y0 * map_side..], &map[y1 * map_side..]);
+        for &(x0, x1, fx) in &xs {
+            let top = r0[x0] * (1.0 - fx) + r0[x1] * fx;
+            let bottom = r1[x0] * (1.0 - fx) + r1[x1] * fx;
+            out.push(top * (1.0 - fy) + bottom * fy);
+        }
+    }
+    out
+}
+
 /// Colours an `map_side`×`map_side` anomaly map (row-major, values on a fixed [0, 1] scale,
 /// clamped) with [`colormap`], stretches it bilinearly to the original image's size and blends
 /// it over the image with weight [`OVERLAY_ALPHA`].
@@ -73,34 +99,23 @@ fn bilinear_taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
 /// # Panics
 /// If `map.len() != map_side²`, `map_side` is 0, or the image's pixels do not match its size.
 pub fn overlay(original: &RgbImage, map: &[f32], map_side: usize) -> RgbImage {
-    assert!(map_side > 0, "anomaly map side must be positive");
-    assert_eq!(
-        map.len(),
-        map_side * map_side,
-        "anomaly map is not map_side²"
-    );
     let (w, h) = (original.width as usize, original.height as usize);
     assert_eq!(
         original.pixels.len(),
         w * h * 3,
         "image pixels do not match its size"
     );
-    let clean = |v: f32| if v.is_nan() { 0.0 } else { v.clamp(0.0, 1.0) };
-    let xs = bilinear_taps(map_side, w);
-    let ys = bilinear_taps(map_side, h);
+    let clean: Vec<f32> = map
+        .iter()
+        .map(|&v| if v.is_nan() { 0.0 } else { v.clamp(0.0, 1.0) })
+        .collect();
+    let stretched = resize_map(&clean, map_side, w, h);
     let mut pixels = Vec::with_capacity(w * h * 3);
-    for (y, &(y0, y1, fy)) in ys.iter().enumerate() {
-        let (r0, r1) = (&map[y0 * map_side..], &map[y1 * map_side..]);
-        for (x, &(x0, x1, fx)) in xs.iter().enumerate() {
-            let top = clean(r0[x0]) * (1.0 - fx) + clean(r0[x1]) * fx;
-            let bottom = clean(r1[x0]) * (1.0 - fx) + clean(r1[x1]) * fx;
-            let colour = colormap(top * (1.0 - fy) + bottom * fy);
-            let at = (y * w + x) * 3;
-            for (c, &m) in colour.iter().enumerate() {
-                let base = f32::from(original.pixels[at + c]);
-                let v = base * (1.0 - OVERLAY_ALPHA) + f32::from(m) * OVERLAY_ALPHA;
-                pixels.push(v.round() as u8);
-            }
+    for (&value, base) in stretched.iter().zip(original.pixels.chunks_exact(3)) {
+        let colour = colormap(value);
+        for (&b, &m) in base.iter().zip(colour.iter()) {
+            let v = f32::from(b) * (1.0 - OVERLAY_ALPHA) + f32::from(m) * OVERLAY_ALPHA;
+            pixels.push(v.round() as u8);
         }
     }
     RgbImage {
@@ -159,6 +174,16 @@ mod tests {
         assert_eq!(colormap(-3.0), colormap(0.0));
         assert_eq!(colormap(7.0), colormap(1.0));
         assert_eq!(colormap(f32::NAN), colormap(0.0));
+    }
+
+    #[test]
+    fn maps_stretch_with_centres_aligned() {
+        // Same size: the map itself.
+        assert_eq!(resize_map(&[0.0, 0.2, 0.4, 0.6], 2, 2, 2), [0.0, 0.2, 0.4, 0.6]);
+        // 2 → 4 across, 2 → 1 down: edges clamped, centres halfway, the row between averaged.
+        let wide = resize_map(&[0.0, 0.8, 0.4, 0.4], 2, 4, 1);
+        let want = [0.2, 0.3, 0.5, 0.6];
+        assert!(wide.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{wide:?}");
     }
 
     #[test]
