@@ -179,11 +179,17 @@ mod tests {
     #[test]
     fn maps_stretch_with_centres_aligned() {
         // Same size: the map itself.
-        assert_eq!(resize_map(&[0.0, 0.2, 0.4, 0.6], 2, 2, 2), [0.0, 0.2, 0.4, 0.6]);
+        assert_eq!(
+            resize_map(&[0.0, 0.2, 0.4, 0.6], 2, 2, 2),
+            [0.0, 0.2, 0.4, 0.6]
+        );
         // 2 → 4 across, 2 → 1 down: edges clamped, centres halfway, the row between averaged.
         let wide = resize_map(&[0.0, 0.8, 0.4, 0.4], 2, 4, 1);
         let want = [0.2, 0.3, 0.5, 0.6];
-        assert!(wide.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{wide:?}");
+        assert!(
+            wide.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{wide:?}"
+        );
     }
 
     #[test]
