@@ -34,6 +34,8 @@ struct PyDetector {
 #[pymethods]
 impl PyDetector {
     #[new]
+    // One argument per keyword of Python's constructor.
+    #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (weights, params=None, image_size=None, device="cpu", precision="fp32", clip_config=None, max_pixels=None))]
     fn new(
         py: Python<'_>,
