@@ -56,13 +56,12 @@ use headclip::detector::{Detector, References, DEFAULT_BANK_CAP, DEFAULT_BETA};
 use headclip::eval::select::Instructive;
 use headclip::eval::shots::{self, FewShotReport, Statistic};
 use headclip::eval::{
-    self, AuproVariants, CategoryDone, DatasetReport, EvalError, EvalObserver, EvalOptions,
-    Evaluation, ModelSummary, ObserverError, Report, ScoredImage, Thresholds, Timing,
+    self, AuproVariants, CategoryDone, EvalError, EvalObserver, EvalOptions, Evaluation,
+    ModelSummary, ObserverError, Report, ScoredImage, Thresholds, Timing,
 };
 use headclip::write_atomically;
 use headclip_data::datasets::{self, DataSpec, Dataset, LoadOptions, DATA_SPEC_HELP};
 use headclip_data::images::DecodeLimits;
-use headclip_metrics::AUPRO_FPR_LIMIT;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::calibration_args::CalibrationArgs;
@@ -298,20 +297,6 @@ impl Outputs {
         }
         Ok(())
     }
-}
-
-/// Peak resident memory of this process (`VmHWM` of `/proc/self/status`), in bytes.
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line
-        .trim_start_matches("VmHWM:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
 }
 
 /// Loads and checks every data set before anything is computed; prints their warnings.
@@ -670,23 +655,12 @@ struct Setup {
 }
 
 fn timing(setup: &Setup, evaluation: &Evaluation) -> Timing {
-    let images = evaluation.images;
-    let per_image = |s: f64| if images > 0 { s / images as f64 } else { 0.0 };
-    Timing {
-        data_load_seconds: setup.data_load_seconds,
-        model_load_seconds: setup.model_load_seconds,
-        evaluation_seconds: evaluation.seconds,
-        model_seconds: evaluation.model_seconds,
-        metrics_seconds: evaluation.metrics_seconds,
-        images,
-        images_per_second: if evaluation.seconds > 0.0 {
-            images as f64 / evaluation.seconds
-        } else {
-            0.0
-        },
-        seconds_per_image: per_image(evaluation.seconds),
-        total_seconds: setup.started.elapsed().as_secs_f64(),
-    }
+    Timing::new(
+        setup.data_load_seconds,
+        setup.model_load_seconds,
+        evaluation,
+        setup.started.elapsed().as_secs_f64(),
+    )
 }
 
 /// The `--json` report.
@@ -699,28 +673,9 @@ fn json_report(
     few_shot: Option<FewShotReport>,
 ) -> Result<Vec<u8>> {
     let report = Report {
-        headclip_version: env!("CARGO_PKG_VERSION").to_string(),
-        aupro: plan.aupro,
-        aupro_fpr_limit: AUPRO_FPR_LIMIT,
-        table_scale: 100.0,
-        model,
-        datasets: datasets
-            .iter()
-            .zip(&plan.specs)
-            .zip(evaluation.datasets)
-            .map(|((ds, spec), result)| DatasetReport {
-                spec: spec.as_str().to_string(),
-                images: ds.len(),
-                normal: ds.num_normal(),
-                anomalous: ds.num_anomalous(),
-                warnings: ds.warnings.iter().map(|w| w.to_string()).collect(),
-                result,
-            })
-            .collect(),
         calibration: plan.calibration_args.calibration.clone(),
-        timing,
-        peak_rss_bytes: peak_rss_bytes(),
         few_shot,
+        ..Report::new(plan.aupro, model, datasets, &plan.specs, evaluation, timing)
     };
     let mut bytes = serde_json::to_vec_pretty(&report)?;
     bytes.push(b'\n');
@@ -816,7 +771,7 @@ fn print_summary(timing: &Timing, written: &[String]) {
         timing.data_load_seconds,
         timing.model_load_seconds,
     );
-    match peak_rss_bytes() {
+    match eval::peak_rss_bytes() {
         Some(bytes) => eprintln!("peak memory (VmHWM): {}", mib(bytes)),
         None => eprintln!("peak memory: not reported by this system"),
     }

@@ -101,12 +101,6 @@ pub fn resize_map(map: &[f32], side: usize, width: usize, height: usize) -> Vec<
 /// # Panics
 /// If `map.len() != map_side²`, `map_side` is 0, or the image's pixels do not match its size.
 pub fn overlay(original: &RgbImage, map: &[f32], map_side: usize) -> RgbImage {
-    assert!(map_side > 0, "anomaly map side must be positive");
-    assert_eq!(
-        map.len(),
-        map_side * map_side,
-        "anomaly map is not map_side²"
-    );
     let (w, h) = (original.width as usize, original.height as usize);
     assert_eq!(
         original.pixels.len(),
@@ -202,6 +196,22 @@ mod tests {
         assert_eq!(colormap(-3.0), colormap(0.0));
         assert_eq!(colormap(7.0), colormap(1.0));
         assert_eq!(colormap(f32::NAN), colormap(0.0));
+    }
+
+    #[test]
+    fn maps_stretch_with_centres_aligned() {
+        // Same size: the map itself.
+        assert_eq!(
+            resize_map(&[0.0, 0.2, 0.4, 0.6], 2, 2, 2),
+            [0.0, 0.2, 0.4, 0.6]
+        );
+        // 2 → 4 across, 2 → 1 down: edges clamped, centres halfway, the row between averaged.
+        let wide = resize_map(&[0.0, 0.8, 0.4, 0.4], 2, 4, 1);
+        let want = [0.2, 0.3, 0.5, 0.6];
+        assert!(
+            wide.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{wide:?}"
+        );
     }
 
     #[test]

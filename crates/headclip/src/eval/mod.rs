@@ -32,7 +32,7 @@ use serde::Serialize;
 use crate::clip::ClipConfig;
 use crate::detector::{device_name, Detector};
 use crate::model::{PromptMode, ResolvedConfig};
-use headclip_data::datasets::{DataKind, Dataset};
+use headclip_data::datasets::{DataKind, DataSpec, Dataset};
 use headclip_metrics::{ImageMetrics, PixelMetrics};
 
 pub use calibrated::{defect_rows, AtThresholds, DefectResult, Figures, Thresholds};
@@ -417,6 +417,88 @@ pub struct Report {
     /// (`datasets` then holds the mean figures).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub few_shot: Option<shots::FewShotReport>,
+}
+
+impl Timing {
+    /// The times of a run that spent `data_load_seconds` listing its data sets,
+    /// `model_load_seconds` building its model, then ran `evaluation`; `total_seconds` for all.
+    pub fn new(
+        data_load_seconds: f64,
+        model_load_seconds: f64,
+        evaluation: &Evaluation,
+        total_seconds: f64,
+    ) -> Self {
+        let images = evaluation.images;
+        let per_second = |s: f64| if s > 0.0 { images as f64 / s } else { 0.0 };
+        Timing {
+            data_load_seconds,
+            model_load_seconds,
+            evaluation_seconds: evaluation.seconds,
+            model_seconds: evaluation.model_seconds,
+            metrics_seconds: evaluation.metrics_seconds,
+            images,
+            images_per_second: per_second(evaluation.seconds),
+            seconds_per_image: if images > 0 {
+                evaluation.seconds / images as f64
+            } else {
+                0.0
+            },
+            total_seconds,
+        }
+    }
+}
+
+impl Report {
+    /// The report of `evaluation`, run over `datasets` (loaded from `specs`, in the same order)
+    /// by `model`; `aupro` is the variant tables show. Without a calibration or few-shot
+    /// figures; callers that have them set those fields.
+    pub fn new(
+        aupro: AuproVariants,
+        model: ModelSummary,
+        datasets: &[Dataset],
+        specs: &[DataSpec],
+        evaluation: Evaluation,
+        timing: Timing,
+    ) -> Self {
+        Report {
+            headclip_version: env!("CARGO_PKG_VERSION").to_string(),
+            aupro,
+            aupro_fpr_limit: headclip_metrics::AUPRO_FPR_LIMIT,
+            table_scale: 100.0,
+            model,
+            datasets: datasets
+                .iter()
+                .zip(specs)
+                .zip(evaluation.datasets)
+                .map(|((ds, spec), result)| DatasetReport {
+                    spec: spec.as_str().to_string(),
+                    images: ds.len(),
+                    normal: ds.num_normal(),
+                    anomalous: ds.num_anomalous(),
+                    warnings: ds.warnings.iter().map(|w| w.to_string()).collect(),
+                    result,
+                })
+                .collect(),
+            calibration: None,
+            timing,
+            peak_rss_bytes: peak_rss_bytes(),
+            few_shot: None,
+        }
+    }
+}
+
+/// Peak resident memory of this process (`VmHWM` of `/proc/self/status`), in bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 #[cfg(test)]
