@@ -41,7 +41,9 @@ use tch::Tensor;
 
 use crate::model::{HeadClip, ImageScore, PromptMode};
 
-pub use load::{load_clip, LoadError};
+pub use load::{
+    cpu_has_fast_bf16_matmul, effective_precision, load_clip, LoadError, ENV_FORCE_CPU_BF16,
+};
 pub use spec::{parse_device, ModelSpec, Precision};
 pub use stream::{StreamFailure, StreamOptions, StreamStats};
 
