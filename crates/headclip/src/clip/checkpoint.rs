@@ -341,7 +341,7 @@ fn view_in_file(
     shape: &[i64],
 ) -> Option<Tensor> {
     let element = kind.elt_size_in_bytes();
-    if offset % element != 0 || len % element != 0 {
+    if !offset.is_multiple_of(element) || !len.is_multiple_of(element) {
         return None;
     }
     file.f_narrow(0, offset as i64, len as i64)
