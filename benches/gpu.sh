@@ -4,6 +4,12 @@
 # engine loads) and OpenAI's `clip` package for the reference. Not part of CI.
 #
 #   benches/gpu.sh [HEADCLIP_BINARY] [OUT_DIR]
+#
+# Every engine inference line carries its floor: the FLOPs counted from the shapes, the rate of
+# an 8192×8192×8192 matrix product in the same precision measured between the timed
+# repetitions on the same GPU, and `times_floor` (measured / floor). The summary at the end
+# prints bf16 at batch 8 against that floor and the training step against the straightforward
+# autograd version (ratio reference / engine, above 1 when the engine is faster).
 set -uo pipefail
 BIN=${1:-target/release/headclip}
 OUT=${2:-out/gpu}
@@ -38,4 +44,25 @@ for cfg in "l14 518" "b16 512"; do
   record "$m-train-b8-ref-naive" py --weights $W/$m.safetensors --image-size $s --batch 8 --mode train-naive
   record "$m-train-b8-ref-ours" py --weights $W/$m.safetensors --image-size $s --batch 8 --mode train-ours
 done
+summary() {
+  python3 - "$OUT/results.jsonl" <<'PY'
+import json, sys
+rows = {}
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if r["result"]:
+        rows[r["workload"]] = r["result"]
+for m in ("l14", "b16"):
+    e = rows.get(f"{m}-infer-b8-rust-bf16")
+    if e and "times_floor" in e:
+        print(f"{m} bf16 batch 8: {e['ms_per_batch_median']:.1f} ms, floor {e['floor_ms_per_batch']:.1f} ms "
+              f"({e['flops_per_image']['total'] / 1e12:.3f} TFLOP per image at {e['matmul_gflops'] / 1e3:.0f} "
+              f"TFLOP/s measured): {e['times_floor']:.2f}x the floor")
+    e, n = rows.get(f"{m}-train-b8-rust"), rows.get(f"{m}-train-b8-ref-naive")
+    if e and n:
+        print(f"{m} training step batch 8: engine {e['ms_per_batch_median']:.1f} ms, straightforward autograd "
+              f"{n['ms_per_batch_median']:.1f} ms: {n['ms_per_batch_median'] / e['ms_per_batch_median']:.2f}x")
+PY
+}
+summary | tee "$OUT/summary.txt"
 echo done

@@ -39,7 +39,7 @@ pub fn run(detector: &Detector, request: &Request) -> Result<String, String> {
     let eval_options = EvalOptions {
         batch_size: request.batch_size,
         decode_threads: request.decode_threads,
-        pixel_curves: false,
+        ..EvalOptions::default()
     };
     let evaluation =
         eval::evaluate(detector, &loaded, &eval_options, &mut ()).map_err(|e| e.to_string())?;

@@ -12,7 +12,9 @@ mod prediction;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use headclip::detector::{parse_device, Detector, ModelSpec, Precision};
+use headclip::detector::{
+    parse_device, Detector, ModelSpec, Precision, References, DEFAULT_BETA,
+};
 use headclip_data::images::{DecodeLimits, PreparedImage, Preprocessor};
 use pyo3::prelude::*;
 
@@ -36,7 +38,7 @@ impl PyDetector {
     #[new]
     // One argument per keyword of Python's constructor.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (weights, params=None, image_size=None, device="cpu", precision="fp32", clip_config=None, max_pixels=None))]
+    #[pyo3(signature = (weights, params=None, image_size=None, device="cpu", precision="fp32", clip_config=None, max_pixels=None, references=None, class_name=None, beta=DEFAULT_BETA))]
     fn new(
         py: Python<'_>,
         weights: PathBuf,
@@ -46,8 +48,23 @@ impl PyDetector {
         precision: &str,
         clip_config: Option<PathBuf>,
         max_pixels: Option<u64>,
+        references: Option<PathBuf>,
+        class_name: Option<String>,
+        beta: f64,
     ) -> PyResult<Self> {
-        let spec = model_spec(weights, params, image_size, device, precision, clip_config)?;
+        let mut spec = model_spec(weights, params, image_size, device, precision, clip_config)?;
+        if let Some(path) = references {
+            if !path.exists() {
+                return Err(load_error(format!(
+                    "references {}: no such folder or bank file",
+                    path.display()
+                )));
+            }
+            spec.references = Some(References::from_path(path));
+        }
+        spec.class_name = class_name;
+        spec.beta = beta;
+        spec.check().map_err(load_error)?;
         let limits = DecodeLimits {
             max_pixels: max_pixels.unwrap_or(DecodeLimits::default().max_pixels),
             ..DecodeLimits::default()
@@ -212,12 +229,12 @@ fn model_spec(
         }
     }
     let spec = ModelSpec {
-        weights,
         clip_config,
         params,
         image_size,
         device,
         precision,
+        ..ModelSpec::new(weights)
     };
     spec.check()
         .map_err(|e| load_error(format!("precision {precision}: {e}")))?;

@@ -249,95 +249,6 @@ pub fn sha256_file(path: &Path) -> Result<String, WeightsError> {
     sha256_reader(file).map_err(|e| WeightsError::io("cannot read", path, e))
 }
 
-/// Files at least this large have their sha256 remembered on disk: hashing ViT-L/14@336's
-/// 0.9 GB takes seconds, and every start that checks or records the weights needs it.
-const MEMO_MIN_BYTES: u64 = 64 << 20;
-
-/// The sha256 of a file, lowercase hex, remembered while the file's size and modification time
-/// stay the same: in this process for every file, and for large ones also across runs under
-/// the cache folder (`checksums/`). Every caller that needs a file's checksum at start-up goes
-/// through here, so that a checkpoint is hashed once.
-pub fn sha256_file_cached(path: &Path) -> Result<String, WeightsError> {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    static MEMO: OnceLock<Mutex<HashMap<PathBuf, (FileStamp, String)>>> = OnceLock::new();
-    let stamp = FileStamp::of(path)?;
-    let key = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let memo = MEMO.get_or_init(Default::default);
-    if let Some((seen, sha)) = memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
-        if seen == stamp {
-            return Ok(sha);
-        }
-    }
-    let on_disk = (stamp.len >= MEMO_MIN_BYTES)
-        .then(|| cache_dir(None).ok())
-        .flatten()
-        .map(|dir| {
-            dir.join("checksums")
-                .join(sha256_hex(key.to_string_lossy().as_bytes()))
-        });
-    let remembered = on_disk
-        .as_deref()
-        .and_then(|file| fs::read_to_string(file).ok())
-        .and_then(|text| stamp.sha_from_memo(&text));
-    let sha = match remembered {
-        Some(sha) => sha,
-        None => {
-            let sha = sha256_file(path)?;
-            if let Some(file) = &on_disk {
-                // A memo that cannot be written only costs the next start a re-hash.
-                let _ = fs::create_dir_all(file.parent().unwrap_or(Path::new(".")))
-                    .and_then(|()| crate::write_atomically(file, stamp.memo_line(&sha).as_bytes()));
-            }
-            sha
-        }
-    };
-    if let Ok(mut m) = memo.lock() {
-        m.insert(key, (stamp, sha.clone()));
-    }
-    Ok(sha)
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-/// What says a file has not changed since it was hashed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    len: u64,
-    modified_ns: u128,
-}
-
-impl FileStamp {
-    fn of(path: &Path) -> Result<Self, WeightsError> {
-        let meta = fs::metadata(path).map_err(|e| WeightsError::io("cannot open", path, e))?;
-        let modified_ns = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        Ok(FileStamp {
-            len: meta.len(),
-            modified_ns,
-        })
-    }
-
-    /// `<len> <modified ns> <sha256>`.
-    fn memo_line(&self, sha: &str) -> String {
-        format!("{} {} {sha}\n", self.len, self.modified_ns)
-    }
-
-    fn sha_from_memo(&self, text: &str) -> Option<String> {
-        let mut parts = text.split_whitespace();
-        let len: u64 = parts.next()?.parse().ok()?;
-        let modified_ns: u128 = parts.next()?.parse().ok()?;
-        let sha = parts.next()?;
-        let valid = sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit());
-        (len == self.len && modified_ns == self.modified_ns && valid).then(|| sha.to_string())
-    }
-}
-
 /// The sha256 of everything a reader yields, lowercase hex.
 pub fn sha256_reader(mut reader: impl Read) -> io::Result<String> {
     let mut hasher = Sha256::new();
@@ -352,6 +263,116 @@ pub fn sha256_reader(mut reader: impl Read) -> io::Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex(&hasher.finalize()))
+}
+
+/// The sha256 of a file, computed once per version of the file (see [`remembered_fact`]):
+/// reading a 1.7 GB checkpoint to hash it takes seconds; a model load should not.
+pub fn sha256_file_cached(path: &Path, cache: Option<&Path>) -> Result<String, WeightsError> {
+    if let Some(known) = remembered_fact(path, SHA256_SUBDIR, cache) {
+        return Ok(known);
+    }
+    let identity = FileIdentity::of(path)?;
+    let sha = sha256_file(path)?;
+    identity.remember(SHA256_SUBDIR, cache, &sha);
+    Ok(sha)
+}
+
+/// A fact about one version of a file (its checksum, a check it passed) remembered in the cache
+/// folder (`<cache>/<fact>/`, see [`cache_dir`]) under the file's canonical path, size,
+/// modification and change times, device and inode: `None` when not remembered or when any of
+/// these differs (a file rewritten, replaced, touched or moved). A cache that cannot be read or
+/// written only costs the work again.
+pub fn remembered_fact(path: &Path, fact: &str, cache: Option<&Path>) -> Option<String> {
+    let identity = FileIdentity::of(path).ok()?;
+    let entry: FactEntry =
+        serde_json::from_slice(&fs::read(identity.entry(fact, cache)?).ok()?).ok()?;
+    (entry.file == identity).then_some(entry.value)
+}
+
+/// Remembers `value` for the file as it is now (see [`remembered_fact`]). Nothing is kept for a
+/// file modified in the last two seconds: a write in the same tick of the file system's clock
+/// could still change its bytes without changing its times.
+pub fn remember_fact(path: &Path, fact: &str, cache: Option<&Path>, value: &str) {
+    if let Ok(identity) = FileIdentity::of(path) {
+        identity.remember(fact, cache, value);
+    }
+}
+
+/// Folder of [`sha256_file_cached`]'s entries inside the cache folder.
+pub const SHA256_SUBDIR: &str = "sha256";
+
+/// What tells one version of a file from another without reading it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct FileIdentity {
+    path: PathBuf,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    device: u64,
+    inode: u64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FactEntry {
+    file: FileIdentity,
+    value: String,
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> Result<Self, WeightsError> {
+        use std::os::unix::fs::MetadataExt;
+        let path = fs::canonicalize(path).map_err(|e| WeightsError::io("cannot open", path, e))?;
+        let meta = fs::metadata(&path).map_err(|e| WeightsError::io("cannot open", &path, e))?;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Ok(Self {
+            size: meta.len(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+            device: meta.dev(),
+            inode: meta.ino(),
+            path,
+        })
+    }
+
+    /// Modified in the last two seconds (see [`remember_fact`]).
+    fn racy(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        now - self.mtime_ns < 2_000_000_000
+    }
+
+    /// One entry per path and fact: a new version of the file overwrites the old one's entry.
+    fn entry(&self, fact: &str, cache: Option<&Path>) -> Option<PathBuf> {
+        let digest = Sha256::digest(self.path.as_os_str().as_encoded_bytes());
+        let dir = cache_dir(cache).ok()?.join(fact);
+        Some(dir.join(format!("{}.json", &hex(&digest)[..32])))
+    }
+
+    fn remember(&self, fact: &str, cache: Option<&Path>, value: &str) {
+        if !self.racy() {
+            self.remember_written(fact, cache, value);
+        }
+    }
+
+    /// Remembers even a fresh file: for bytes this process wrote and checked itself.
+    fn remember_written(&self, fact: &str, cache: Option<&Path>, value: &str) {
+        let Some(entry) = self.entry(fact, cache) else {
+            return;
+        };
+        let record = FactEntry {
+            file: self.clone(),
+            value: value.to_string(),
+        };
+        let written = entry
+            .parent()
+            .map_or(Ok(()), fs::create_dir_all)
+            .and_then(|_| serde_json::to_vec(&record).map_err(io::Error::other))
+            .and_then(|bytes| crate::write_atomically(&entry, &bytes));
+        if let Err(e) = written {
+            tracing::debug!("cannot remember {fact} of {}: {e}", self.path.display());
+        }
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -371,7 +392,7 @@ pub fn verify_official(path: &Path) -> Result<Option<&'static Official>, Weights
     let Some(official) = official_for_path(path) else {
         return Ok(None);
     };
-    let actual = sha256_file_cached(path)?;
+    let actual = sha256_file_cached(path, None)?;
     check_official_sha256(path, &actual).map(|_| Some(official))
 }
 
@@ -564,7 +585,7 @@ pub fn fetch_url(
     let target = dir.join(file_name);
 
     if target.is_file() {
-        let actual = sha256_file(&target)?;
+        let actual = sha256_file_cached(&target, Some(&dir))?;
         if actual == expected {
             return Ok(target);
         }
@@ -600,6 +621,11 @@ pub fn fetch_url(
         .map_err(|e| WeightsError::io("cannot write", part.path(), e))?;
     part.persist(&target)
         .map_err(|e| WeightsError::io("cannot move the download to", &target, e.error))?;
+    // Verified while downloading: later loads need not read the file again to hash it (the
+    // bytes were hashed as written, so a fresh modification time is no reason to doubt them).
+    if let Ok(identity) = FileIdentity::of(&target) {
+        identity.remember_written(SHA256_SUBDIR, Some(&dir), &actual);
+    }
     Ok(target)
 }
 

@@ -167,6 +167,11 @@ class Detector:
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (CUDA only) for CLIP's towers.
         clip_config: the backbone's config file, overriding the one paired with the weights.
         max_pixels: refuse images with more pixels than this, checked before decoding.
+        references: few-shot references: a folder of normal images of the part, or a bank
+            saved by ``headclip bank``; built once here.
+        class_name: the object's name in the training-free prompt ensemble (learned prompts
+            ignore it).
+        beta: the weight of the few-shot map in the fused map.
 
     Raises:
         ModelLoadError: with the message ``headclip predict`` prints for the same arguments.
@@ -186,9 +191,21 @@ class Detector:
         *,
         clip_config: str | os.PathLike[str] | None = None,
         max_pixels: int | None = None,
+        references: str | os.PathLike[str] | None = None,
+        class_name: str | None = None,
+        beta: float = 0.5,
     ) -> None:
         self._inner = _headclip.Detector(
-            weights, params, image_size, device, precision, clip_config, max_pixels
+            weights,
+            params,
+            image_size,
+            device,
+            precision,
+            clip_config,
+            max_pixels,
+            references,
+            class_name,
+            beta,
         )
 
     @property

@@ -69,6 +69,9 @@ class Detector:
         *,
         clip_config: PathLike | None = None,
         max_pixels: int | None = None,
+        references: PathLike | None = None,
+        class_name: str | None = None,
+        beta: float = 0.5,
     ) -> None: ...
     @property
     def image_size(self) -> int: ...

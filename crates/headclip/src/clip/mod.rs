@@ -6,6 +6,7 @@
 mod backbone_config;
 mod checkpoint;
 mod config;
+mod flops;
 mod layers;
 mod random;
 mod text;
@@ -20,6 +21,7 @@ pub use config::{
     Activation, BackboneRules, ClipConfig, Dim, Heads, RulesSource, TextConfig, TowerRules,
     VisionConfig,
 };
+pub use flops::{workload_flops, WorkloadFlops, WorkloadShape};
 pub use layers::l2_normalize as layers_l2_normalize;
 pub use random::{
     random_clip, random_clip_digests, random_clip_safetensors, random_clip_specs,

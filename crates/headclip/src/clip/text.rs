@@ -74,9 +74,15 @@ impl TextTransformer {
     /// Runs the tower on token embeddings `x` [B, C, W]; the feature is read at `eot` [B]
     /// (each sequence's EOT index). `deep[i]` [4, W] replaces positions 1…4 before block `i + 2`
     /// (1-based). Returns L2-normalised features [B, E].
+    ///
+    /// Attention is causal, so tokens after the last EOT cannot change any EOT feature: the
+    /// sequences are cut there (never before the deep prompts' positions), which makes short
+    /// prompts several times cheaper (a learned prompt uses about 20 of the 77 positions).
     pub fn encode_embeddings(&self, x: &Tensor, eot: &Tensor, deep: &[Tensor]) -> Tensor {
         let b = x.size()[0];
-        let c = x.size()[1];
+        let used = (eot.max().int64_value(&[]) + 1).max(1 + DEEP_PROMPT_TOKENS);
+        let c = x.size()[1].min(used);
+        let x = x.narrow(1, 0, c);
         let mut x = x + self.positional_embedding.narrow(0, 0, c);
         for (i, block) in self.blocks.iter().enumerate() {
             if i >= 1 && i <= deep.len() {
@@ -102,13 +108,9 @@ impl TextTransformer {
     }
 
     /// Plain CLIP text encoding of token ids [B, C]; EOT is the largest id, as in OpenAI's code.
-    /// Attention is causal, so tokens after the last EOT cannot change any EOT feature: the
-    /// sequences are cut there, which makes short prompts several times cheaper.
     pub fn encode_tokens(&self, ids: &Tensor) -> Tensor {
         let eot = ids.argmax(-1, false);
-        let used = eot.max().int64_value(&[]) + 1;
-        let ids = ids.narrow(1, 0, used);
-        self.encode_embeddings(&self.embed_tokens(&ids), &eot, &[])
+        self.encode_embeddings(&self.embed_tokens(ids), &eot, &[])
     }
 
     pub fn device(&self) -> Device {

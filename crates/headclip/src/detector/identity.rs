@@ -116,7 +116,7 @@ impl Detector {
         let checkpoint =
             find_checkpoint(&spec.weights).map_err(|e| IdentityError::Checkpoint(e.to_string()))?;
         let params_sha256 = match &spec.params {
-            Some(path) => Some(weights::sha256_file_cached(path)?),
+            Some(path) => Some(weights::sha256_file_cached(path, None)?),
             None => None,
         };
         let model = self.model();
@@ -129,7 +129,7 @@ impl Detector {
         );
         let scoring = serde_json::to_string(&model.config).unwrap_or_default();
         Ok(ScoreIdentity {
-            weights_sha256: weights::sha256_file_cached(&checkpoint)?,
+            weights_sha256: weights::sha256_file_cached(&checkpoint, None)?,
             params_sha256,
             architecture: clip.name(),
             backbone_config_sha256: sha256_text(&backbone),

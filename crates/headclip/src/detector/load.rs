@@ -3,7 +3,9 @@
 
 use std::time::Instant;
 
-use super::{Detector, ModelSpec};
+use tch::Device;
+
+use super::{Detector, ModelSpec, Precision};
 use crate::clip::{
     find_checkpoint, load_state_dict, rules_for_checkpoint, CheckpointError, Clip, ConfigFileError,
     RulesSource,
@@ -60,7 +62,7 @@ pub fn load_clip(spec: &ModelSpec) -> Result<Clip, LoadError> {
         ),
         source => tracing::info!("CLIP config: {}", source.describe()),
     }
-    state.kind = spec.precision.kind();
+    state.kind = effective_precision(spec).kind();
     if state.random {
         tracing::warn!(
             "{} holds RANDOM weights (made for tests and benchmarks): its scores mean nothing",
@@ -77,6 +79,10 @@ impl Detector {
     /// Loads CLIP and HeadCLIP as the spec says.
     pub fn load(spec: &ModelSpec) -> Result<Self, LoadError> {
         let started = Instant::now();
+        let spec = &ModelSpec {
+            precision: effective_precision(spec),
+            ..spec.clone()
+        };
         let clip = load_clip(spec)?;
         let (params, mut config) = match &spec.params {
             Some(path) => {
@@ -114,6 +120,47 @@ impl Detector {
     }
 }
 
+/// Set to `1` to run bf16 on a CPU whose libtorch has no fast bf16 matrix product (tests and
+/// measurements of the bf16 arithmetic there).
+pub const ENV_FORCE_CPU_BF16: &str = "HEADCLIP_FORCE_CPU_BF16";
+
+/// The precision the towers will run in: the spec's, except bf16 on a CPU without a fast bf16
+/// matrix product, which runs in fp32 with a warning. There libtorch multiplies bf16 matrices with
+/// a plain loop instead of oneDNN: 3.3–3.9 GFLOP/s against 19–28 for fp32 on a 2-core AMD EPYC
+/// with AVX2 only (BENCHMARKS.md), so bf16 would be about 6× slower than fp32, not faster.
+pub fn effective_precision(spec: &ModelSpec) -> Precision {
+    let forced = std::env::var(ENV_FORCE_CPU_BF16).is_ok_and(|v| v == "1");
+    if spec.precision != Precision::Bf16
+        || spec.device != Device::Cpu
+        || forced
+        || cpu_has_fast_bf16_matmul()
+    {
+        return spec.precision;
+    }
+    tracing::warn!(
+        "--precision bf16: this CPU has no AVX-512 (BW, VL, DQ), so libtorch has no fast bf16 \
+         matrix product here (about 6x slower than fp32); running in fp32 instead \
+         ({ENV_FORCE_CPU_BF16}=1 forces bf16)"
+    );
+    Precision::Fp32
+}
+
+/// Whether libtorch multiplies bf16 matrices with oneDNN on this CPU: its own condition is
+/// AVX-512 BW, VL and DQ on x86 (with AVX512-BF16 or AMX the products are native, without them
+/// oneDNN emulates bf16 with AVX-512), any bf16-capable Arm core elsewhere.
+pub fn cpu_has_fast_bf16_matmul() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        true
+    }
+}
+
 /// A parameters file records the sha256 of the CLIP file it was trained with; another file is
 /// fine when it is the same model in another format, so this warns rather than refuses.
 fn warn_if_trained_on_other_weights(
@@ -124,7 +171,7 @@ fn warn_if_trained_on_other_weights(
     let Some(recorded) = &config.clip_sha256 else {
         return;
     };
-    match weights::sha256_file_cached(&spec.weights) {
+    match weights::sha256_file_cached(&spec.weights, None) {
         Ok(actual) if recorded.eq_ignore_ascii_case(&actual) => {}
         Ok(actual) => tracing::warn!(
             "{} was trained with CLIP sha256 {recorded}, but {} has {actual} \

@@ -44,7 +44,9 @@ use tch::Tensor;
 use crate::model::{HeadClip, ImageScore, PromptMode};
 
 pub use identity::{IdentityError, ScoreIdentity};
-pub use load::{load_clip, LoadError};
+pub use load::{
+    cpu_has_fast_bf16_matmul, effective_precision, load_clip, LoadError, ENV_FORCE_CPU_BF16,
+};
 pub use references::{BankOrigin, FewShotSummary, ReferenceRecord, BANK_KEY};
 pub use spec::{parse_device, ModelSpec, Precision, References, DEFAULT_BANK_CAP, DEFAULT_BETA};
 pub use stream::{StreamFailure, StreamOptions, StreamStats};
