@@ -689,9 +689,8 @@ fn write_reports(
     folders: &[Vec<PathBuf>],
     detector: &Detector,
     maps: Option<MapsOut<'_>>,
-    evaluation: Evaluation,
+    (evaluation, few_shot): (Evaluation, Option<FewShotReport>),
     timing: Timing,
-    few_shot: Option<FewShotReport>,
 ) -> Result<Vec<String>> {
     let mut written: Vec<String> = Vec::new();
     if let Some(maps) = maps {
@@ -843,9 +842,8 @@ pub fn run(args: TestArgs) -> Result<i32> {
         &folders,
         &detector,
         observer.maps,
-        evaluation,
+        (evaluation, few_shot),
         timing,
-        few_shot,
     )?;
     print_summary(&timing, &written);
     Ok(0)

@@ -186,11 +186,14 @@ impl DataKind {
         format!("{}[,name=NAME]", self.info().usage)
     }
 
-    /// The option keys this kind accepts (besides its root), the common ones first.
+    /// The option keys this kind accepts (besides its root): `name`, the kind's own, then the
+    /// other common ones.
     pub fn keys(self) -> Vec<&'static str> {
-        super::spec::COMMON_KEYS
-            .into_iter()
-            .chain(self.info().keys.iter().copied())
+        let (name, others) = super::spec::COMMON_KEYS.split_at(1);
+        name.iter()
+            .chain(self.info().keys)
+            .chain(others)
+            .copied()
             .collect()
     }
 }
