@@ -12,9 +12,7 @@ mod prediction;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use headclip::detector::{
-    parse_device, Detector, ModelSpec, Precision, References, DEFAULT_BETA,
-};
+use headclip::detector::{parse_device, Detector, ModelSpec, Precision, References, DEFAULT_BETA};
 use headclip_data::images::{DecodeLimits, PreparedImage, Preprocessor};
 use pyo3::prelude::*;
 

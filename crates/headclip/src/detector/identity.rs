@@ -138,9 +138,12 @@ impl Detector {
             precision: spec.precision.to_string(),
             references: self.reference_identities(),
             beta: self.few_shot().map(|f| f.beta),
+            // Normalised (`metal_nut` and `metal nut` prompt alike); learned prompts ignore it.
             class_name: match model.mode {
-                PromptMode::TrainingFree => spec.class_name.clone(),
-                PromptMode::Learned => None,
+                PromptMode::TrainingFree if spec.class_name.is_some() => {
+                    Some(model.object_word.clone())
+                }
+                _ => None,
             },
         })
     }
