@@ -212,19 +212,18 @@ impl LimitedTrapezoid {
     }
 }
 
-/// One walk over the distinct values, highest first, merging the two sorted pixel sets: ROC/PR
-/// counts for AUROC, AP and F1-max, and MVTec AD's exact PRO curve (positive when `>=` the
-/// threshold, PRO = Σ over covered region pixels of 1/region size, divided by the region count).
-fn roc_pr_and_mvtec(
-    normal: &[u32],
-    anomalous: &[u64],
-    region_sizes: &[u32],
-) -> (
+/// AUROC, AP, (F1-max, its threshold) and MVTec AD's AUPRO from [`roc_pr_and_mvtec`].
+type WalkMetrics = (
     Option<f64>,
     Option<f64>,
     (Option<f64>, Option<f32>),
     Option<f64>,
-) {
+);
+
+/// One walk over the distinct values, highest first, merging the two sorted pixel sets: ROC/PR
+/// counts for AUROC, AP and F1-max, and MVTec AD's exact PRO curve (positive when `>=` the
+/// threshold, PRO = Σ over covered region pixels of 1/region size, divided by the region count).
+fn roc_pr_and_mvtec(normal: &[u32], anomalous: &[u64], region_sizes: &[u32]) -> WalkMetrics {
     let (n_normal, n_anomalous, n_regions) = (normal.len(), anomalous.len(), region_sizes.len());
     let mut curve = RocPr::new(n_anomalous as u64, n_normal as u64);
     let with_pro = n_normal > 0 && n_regions > 0;
