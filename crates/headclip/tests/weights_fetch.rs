@@ -144,12 +144,19 @@ fn sha(bytes: &[u8]) -> String {
 
 /// Names of everything in a folder (the cache must hold no leftovers after a failure).
 fn listing(dir: &Path) -> Vec<String> {
-    match std::fs::read_dir(dir) {
+    let mut names: Vec<String> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect(),
         Err(_) => Vec::new(),
-    }
+    };
+    names.sort();
+    names
+}
+
+/// A verified download and the folder where its checksum is remembered, nothing else.
+fn verified_download(name: &str) -> Vec<String> {
+    vec![name.to_string(), weights::SHA256_SUBDIR.to_string()]
 }
 
 /// A loopback port with nothing listening on it.
@@ -184,7 +191,7 @@ fn complete_download_is_cached_and_reused_without_network() {
     .unwrap();
     assert_eq!(path, cache.path().join("model.pt"));
     assert_eq!(std::fs::read(&path).unwrap(), body);
-    assert_eq!(listing(cache.path()), vec!["model.pt".to_string()]);
+    assert_eq!(listing(cache.path()), verified_download("model.pt"));
     assert!(calls >= 2, "progress called {calls} times");
     assert_eq!(last, (body.len() as u64, Some(body.len() as u64)));
     assert_eq!(server.hits(), 1);
@@ -230,7 +237,7 @@ fn cached_file_with_wrong_checksum_is_downloaded_again() {
     .unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), body);
     assert_eq!(server.hits(), 1);
-    assert_eq!(listing(cache.path()), vec!["model.pt".to_string()]);
+    assert_eq!(listing(cache.path()), verified_download("model.pt"));
 }
 
 #[test]
