@@ -238,3 +238,34 @@ def test_an_installed_torch_2_11_provides_libtorch(tmp_path):
     run = run_python(code, PYTHONPATH=str(site), HEADCLIP_LIBTORCH="/nonexistent")
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == [str(site / "torch" / "lib"), "1"]
+
+
+def test_few_shot_references_and_class_name_equal_the_cli():
+    """References (a folder of normal images) and a class name give `headclip predict`'s
+    scores with the same options, and differ from the zero-shot ones."""
+    references = SHARED_DATA / "mvtec_bottle" / "bottle" / "train" / "good"
+    tests = sorted((SHARED_DATA / "mvtec_bottle" / "bottle" / "test" / "broken_large").glob("*.png"))[:4]
+    assert len(tests) == 4
+    detector = headclip.Detector(
+        WEIGHTS, params=None, image_size=64, references=references, class_name="bottle", beta=0.7
+    )
+    expected = cli_predict_training_free(
+        tests, "--image-size", "64", "--references", str(references),
+        "--class-name", "bottle", "--beta", "0.7",
+    )
+    zero_shot = cli_predict_training_free(tests, "--image-size", "64")
+    for path, result in zip(tests, detector.predict(tests)):
+        assert isinstance(result, headclip.Prediction), f"{path}: {result}"
+        assert_same(result, expected[str(path)], str(path))
+        assert abs(result.score - zero_shot[str(path)]["score"]) > 1e-4, path
+
+
+def cli_predict_training_free(paths: list[Path], *extra: str) -> dict[str, dict]:
+    """`headclip predict` without learned parameters: the prompt ensemble reads class names."""
+    command = [str(headclip_bin()), "predict", "--weights", str(WEIGHTS), *extra, *map(str, paths)]
+    env = {k: v for k, v in os.environ.items() if k != "HEADCLIP_WEIGHTS"}
+    run = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert len(lines) == len(paths), run.stderr[-2000:]
+    return {line["path"]: line for line in lines}
