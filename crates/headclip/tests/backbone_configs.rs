@@ -15,6 +15,9 @@ use headclip::train::{loss_and_gradients, trainable, Adam, Batch, LossSelection}
 use headclip_data::images::{ImageSource, RgbImage};
 use tch::{Kind, Tensor};
 
+/// An edit of a config file's JSON.
+type Edit = fn(&mut serde_json::Value);
+
 fn fixture(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -290,7 +293,7 @@ fn configs_contradicting_the_tensors_are_refused() {
 
 #[test]
 fn options_the_spec_does_not_cover_are_refused_by_name() {
-    let cases: [(&str, &str, fn(&mut serde_json::Value), &str); 6] = [
+    let cases: [(&str, &str, Edit, &str); 6] = [
         (
             "openclip_gelu_hw80",
             "open_clip_config.json",
@@ -338,7 +341,7 @@ fn options_the_spec_does_not_cover_are_refused_by_name() {
 
 #[test]
 fn out_of_range_and_malformed_values_are_refused_by_name() {
-    let cases: [(fn(&mut serde_json::Value), &str); 4] = [
+    let cases: [(Edit, &str); 4] = [
         (
             |j| j["model_cfg"]["vision_cfg"]["head_width"] = 0.into(),
             "model_cfg.vision_cfg.head_width: 0 is out of range",
