@@ -25,7 +25,7 @@ use headclip_data::datasets::{DataSpec, DATA_SPEC_HELP};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cmd_test::load_datasets;
-use crate::engine::{load_detector, ModelArgs};
+use crate::engine::{load_detector, FewShotArgs, ModelArgs};
 
 fn parse_spec(s: &str) -> Result<DataSpec, String> {
     s.parse::<DataSpec>().map_err(|e| e.to_string())
@@ -35,6 +35,10 @@ fn parse_spec(s: &str) -> Result<DataSpec, String> {
 pub struct CalibrateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// The references and class name the calibrated model scores with: they move scores, so a
+    /// calibration holds only for the same ones.
+    #[command(flatten)]
+    pub few_shot: FewShotArgs,
     /// The validation set, KIND:ROOT[,key=value...] (repeat for several): labelled, or normal
     /// images only. Never the images you will report figures on.
     #[arg(long = "data", value_name = "SPEC", required = true, value_parser = parse_spec, long_help = DATA_SPEC_HELP)]
@@ -64,7 +68,7 @@ impl EvalObserver for Progress {
     }
 }
 
-pub fn run(args: CalibrateArgs) -> Result<i32> {
+pub fn run(mut args: CalibrateArgs) -> Result<i32> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -77,6 +81,7 @@ pub fn run(args: CalibrateArgs) -> Result<i32> {
         bail!("--out {} is a folder; give a file name", args.out.display());
     }
     let datasets = load_datasets(&args.data, args.allow_missing_masks)?;
+    args.model.few_shot = Some(args.few_shot.clone());
     let detector = load_detector(&args.model)?;
     let total: usize = datasets.iter().map(|d| d.len()).sum();
     let bar = ProgressBar::new(total as u64);

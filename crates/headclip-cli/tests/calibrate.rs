@@ -248,6 +248,21 @@ fn calibrate_then_predict_and_test() {
     assert!(stderr.contains("image size: 112 here, 96 in"), "{stderr}");
     args.insert(0, "--force-calibration".into());
     ok(&run("predict", &args));
+
+    // Few-shot references move every score too: refused, naming them and β.
+    let references = shared_data().join("mvtec_bottle/bottle/train/good");
+    let args = [
+        "--calibration".to_string(),
+        s(&cal_file),
+        "--references".into(),
+        s(&references),
+        images[0].clone(),
+    ];
+    let out = run("predict", &args);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("references: ["), "{stderr}");
+    assert!(stderr.contains("beta: Some(0.5) here, None in"), "{stderr}");
 }
 
 /// Normal images only: the 0.99 quantile (numpy's linear interpolation) of their scores; and
