@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::curve::check_scores;
 use super::MetricsError;
 
 /// Predictions against labels at one threshold; a value is predicted positive when `>=` it.
@@ -78,19 +79,7 @@ pub fn confusion_at(
     labels: &[bool],
     threshold: f32,
 ) -> Result<Confusion, MetricsError> {
-    if scores.len() != labels.len() {
-        return Err(MetricsError::LengthMismatch {
-            what: "labels",
-            expected: scores.len(),
-            got: labels.len(),
-        });
-    }
-    if let Some(index) = scores.iter().position(|s| !s.is_finite()) {
-        return Err(MetricsError::NonFinite {
-            what: "scores",
-            index,
-        });
-    }
+    check_scores(scores, labels)?;
     let mut confusion = Confusion::default();
     for (&s, &l) in scores.iter().zip(labels) {
         confusion.add(s >= threshold, l);

@@ -125,6 +125,24 @@ fn f1_cmp(a: u64, b: u64, c: u64, d: u64, positives: u64) -> std::cmp::Ordering 
     left.cmp(&right)
 }
 
+/// Scores and labels pair up one to one, and every score is finite.
+pub(crate) fn check_scores(scores: &[f32], labels: &[bool]) -> Result<(), MetricsError> {
+    if scores.len() != labels.len() {
+        return Err(MetricsError::LengthMismatch {
+            what: "labels",
+            expected: scores.len(),
+            got: labels.len(),
+        });
+    }
+    if let Some(index) = scores.iter().position(|s| !s.is_finite()) {
+        return Err(MetricsError::NonFinite {
+            what: "scores",
+            index,
+        });
+    }
+    Ok(())
+}
+
 /// Image-level AUROC, AP and F1-max of `scores` against `labels` (`true` = anomalous), exactly
 /// as scikit-learn's `roc_auc_score`, `average_precision_score` and the maximum F1 over
 /// `precision_recall_curve` compute them: every distinct score is a threshold, a sample is
@@ -139,19 +157,7 @@ fn f1_cmp(a: u64, b: u64, c: u64, d: u64, positives: u64) -> std::cmp::Ordering 
 /// [`MetricsError::LengthMismatch`] when the slices differ in length,
 /// [`MetricsError::NonFinite`] when a score is NaN or infinite (scikit-learn rejects those too).
 pub fn image_metrics(scores: &[f32], labels: &[bool]) -> Result<ImageMetrics, MetricsError> {
-    if scores.len() != labels.len() {
-        return Err(MetricsError::LengthMismatch {
-            what: "labels",
-            expected: scores.len(),
-            got: labels.len(),
-        });
-    }
-    if let Some(index) = scores.iter().position(|s| !s.is_finite()) {
-        return Err(MetricsError::NonFinite {
-            what: "scores",
-            index,
-        });
-    }
+    check_scores(scores, labels)?;
     let mut pairs: Vec<(u32, bool)> = scores
         .iter()
         .zip(labels)
