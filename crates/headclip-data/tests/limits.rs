@@ -132,3 +132,34 @@ fn other_formats_report_their_pixels_as_work() {
         (ImageFormat::Png, 30, 20, 1, 10)
     );
 }
+
+/// Pixels handed over already decoded (arrays from Python, UINT8 tensors) meet the same
+/// `max_pixels` as encoded headers, and an image without pixels is refused, never scored.
+#[test]
+fn decoded_pixels_are_held_to_the_limits() {
+    use headclip_data::images::{ImageSource, Normalization, Preprocessor, RgbImage};
+    let preprocessor = Preprocessor {
+        side: 32,
+        limits: DecodeLimits {
+            max_pixels: 100 * 100,
+            ..DecodeLimits::default()
+        },
+        normalization: Normalization::CLIP,
+    };
+    let image = |width: u32, height: u32| {
+        ImageSource::Decoded(RgbImage {
+            width,
+            height,
+            pixels: vec![128; (width * height * 3) as usize],
+        })
+    };
+    assert!(preprocessor.prepare(image(100, 100), false).is_ok());
+    match preprocessor.prepare(image(101, 100), false) {
+        Err(DataError::TooLarge { max_pixels, .. }) => assert_eq!(max_pixels, 10_000),
+        other => panic!("101×100 over a 10,000-pixel limit: {other:?}"),
+    }
+    for (w, h) in [(0, 0), (0, 5), (5, 0)] {
+        let err = preprocessor.prepare(image(w, h), false).unwrap_err();
+        assert!(err.to_string().contains("has no pixels"), "{w}×{h}: {err}");
+    }
+}

@@ -217,14 +217,8 @@ fn check_webp_container(bytes: &[u8]) -> Result<(), DataError> {
 /// The cost of decoding, checked against the limits; see [`super::decode_cost`].
 pub(crate) fn decode_cost(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodeCost, DataError> {
     let (format, width, height) = dimensions(bytes)?;
+    limits.check_size(width, height)?;
     let pixels = u64::from(width) * u64::from(height);
-    if pixels > limits.max_pixels {
-        return Err(DataError::TooLarge {
-            width,
-            height,
-            max_pixels: limits.max_pixels,
-        });
-    }
     let (scans, block_scans) = if format == ImageFormat::Jpeg {
         let c = jpeg::cost(bytes).map_err(|e| from_jpeg_error(e, limits))?;
         (c.scans, c.block_scans)

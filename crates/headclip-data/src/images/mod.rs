@@ -131,6 +131,20 @@ pub struct DecodeLimits {
     pub max_block_scans: u64,
 }
 
+impl DecodeLimits {
+    /// Refuses a width × height over `max_pixels`, for encoded headers and decoded pixels alike.
+    pub fn check_size(&self, width: u32, height: u32) -> Result<(), DataError> {
+        if u64::from(width) * u64::from(height) > self.max_pixels {
+            return Err(DataError::TooLarge {
+                width,
+                height,
+                max_pixels: self.max_pixels,
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Default for DecodeLimits {
     /// 64 megapixels: ten times the largest image in the published benchmarks. 100 scans:
     /// ten times libjpeg's progressive script. 32 Mi block-scans: 2.3 times what libjpeg's

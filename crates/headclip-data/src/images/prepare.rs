@@ -87,6 +87,13 @@ impl Preprocessor {
             ImageSource::Bytes(bytes) => self.prepare_encoded(&bytes, keep_original),
             ImageSource::Decoded(image) => {
                 image.check()?;
+                if image.width == 0 || image.height == 0 {
+                    return Err(DataError::InvalidArgument(format!(
+                        "a {}×{} image has no pixels",
+                        image.width, image.height
+                    )));
+                }
+                self.limits.check_size(image.width, image.height)?;
                 Ok(self.finish(image, None, keep_original))
             }
         }
