@@ -68,3 +68,46 @@ pub fn load_cuda_backend() {
         tracing::debug!("could not load {candidate}");
     }
 }
+
+/// Makes glibc keep freed memory for the next allocation instead of handing it back to the
+/// kernel. A forward pass frees and reallocates activations of several megabytes per block; by
+/// default glibc returns them (allocations past its adaptive mmap threshold, and the heap's top
+/// past twice that) and every reuse faults in fresh zeroed pages. The price is a resident size
+/// that stays at its peak. For binaries, which own the process: a library must not change its
+/// host's allocator. glibc's own variables (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`),
+/// when set, are left to rule. Returns whether the settings were made.
+pub fn retain_freed_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let user_set = ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some());
+        if user_set {
+            return false;
+        }
+        // 32 MiB is the largest mmap threshold glibc accepts (half its 64 MiB heap size).
+        const MMAP_THRESHOLD: libc::c_int = 32 << 20;
+        // SAFETY: mallopt only sets allocator parameters; called before heavy allocation.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) == 1
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The only test that touches these variables, so no other test sees them change.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn freed_memory_is_retained_unless_glibc_variables_are_set() {
+        std::env::set_var("MALLOC_TRIM_THRESHOLD_", "131072");
+        assert!(!retain_freed_memory());
+        std::env::remove_var("MALLOC_TRIM_THRESHOLD_");
+        assert!(retain_freed_memory());
+    }
+}

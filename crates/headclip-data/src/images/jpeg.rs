@@ -793,7 +793,7 @@ fn note_progression(f: &mut Frame, scan: &Scan, earlier_scans: bool) {
 /// libjpeg's checks of a DAC segment (arithmetic-coding conditioning), harmless in a
 /// Huffman-coded file when valid.
 fn check_arithmetic_conditioning(seg: &[u8]) -> Result<()> {
-    if seg.len() % 2 != 0 {
+    if !seg.len().is_multiple_of(2) {
         return corrupt("JPEG DAC segment with a bad length");
     }
     for pair in seg.chunks_exact(2) {

@@ -88,7 +88,7 @@ fn with_whole_palette_entries(bytes: &[u8]) -> Option<Vec<u8>> {
         let end = (pos + 12).checked_add(len).filter(|&e| e <= bytes.len())?;
         match kind {
             b"IDAT" => return None,
-            b"PLTE" if len % 3 != 0 => {
+            b"PLTE" if !len.is_multiple_of(3) => {
                 let mut out = bytes[..pos].to_vec();
                 // No whole entry: one black one, since the `png` crate refuses an empty PLTE.
                 let entries = match &bytes[pos + 8..pos + 8 + len / 3 * 3] {
