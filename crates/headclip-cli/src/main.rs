@@ -51,7 +51,6 @@ pub const EXIT_SOME_FAILED: i32 = 1;
 pub const EXIT_SETUP: i32 = 2;
 
 fn main() {
-    headclip::runtime::retain_freed_memory();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
