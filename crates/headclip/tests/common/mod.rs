@@ -24,17 +24,44 @@ impl Rng {
     }
 }
 
+/// The look of a texture: base colour (RGB in [0, 1]) and stripes (frequency, angle).
+pub struct Look {
+    pub base: [f32; 3],
+    pub freq: f32,
+    pub angle: f32,
+}
+
+impl Look {
+    fn random(rng: &mut Rng) -> Self {
+        let base = [
+            0.35 + 0.3 * rng.uniform(),
+            0.3 + 0.25 * rng.uniform(),
+            0.25 + 0.2 * rng.uniform(),
+        ];
+        let freq = 0.15 + 0.25 * rng.uniform();
+        let angle = rng.uniform() * std::f32::consts::PI;
+        Look { base, freq, angle }
+    }
+}
+
 /// A striped, noisy texture in greys and browns; anomalous ones carry a saturated blob (disc or
 /// rectangle) of another colour. Returns the image and its mask (1 = defect), both `SIDE²`.
+#[allow(dead_code)] // not every test binary that includes this module uses it
 pub fn texture(index: u64, anomalous: bool) -> (RgbImage, Vec<u8>) {
     let mut rng = Rng(index * 7919 + 13);
-    let base = [
-        0.35 + 0.3 * rng.uniform(),
-        0.3 + 0.25 * rng.uniform(),
-        0.25 + 0.2 * rng.uniform(),
-    ];
-    let freq = 0.15 + 0.25 * rng.uniform();
-    let angle = rng.uniform() * std::f32::consts::PI;
+    let look = Look::random(&mut rng);
+    paint(&mut rng, &look, anomalous)
+}
+
+/// As [`texture`], with one look for every image: only the noise and the defect change with
+/// `index`.
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub fn texture_of(look: &Look, index: u64, anomalous: bool) -> (RgbImage, Vec<u8>) {
+    paint(&mut Rng(index * 7919 + 13), look, anomalous)
+}
+
+fn paint(rng: &mut Rng, look: &Look, anomalous: bool) -> (RgbImage, Vec<u8>) {
+    let Look { base, freq, angle } = *look;
     let mut pixels = vec![0u8; SIDE * SIDE * 3];
     let mut mask = vec![0u8; SIDE * SIDE];
     let (cx, cy, r, rect) = (
