@@ -5,22 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod common;
-use common::{shared_data, tiny};
+use common::{shared_data, text};
 
 fn run(command: &str, args: &[String]) -> Output {
-    let mut cmd = common::headclip();
-    cmd.arg(command)
-        .arg("--weights")
-        .arg(tiny("clip_openai.safetensors"))
-        .arg("--params")
-        .arg(tiny("params_learned.safetensors"))
-        .args(["--threads", "2"])
-        .args(args);
-    cmd.output().expect("run headclip")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    common::headclip_tiny_learned(command)
+        .args(args)
+        .output()
+        .expect("run headclip")
 }
 
 fn ok(out: &Output) -> String {

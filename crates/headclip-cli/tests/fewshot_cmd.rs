@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod common;
-use common::{shared_data, tiny};
+use common::{copy, shared_data, text, tiny};
 
 fn run(args: &[&str]) -> Output {
     let mut cmd = common::headclip();
@@ -15,15 +15,6 @@ fn run(args: &[&str]) -> Output {
         .arg(tiny("clip_openai.safetensors"))
         .args(["--image-size", "96", "--threads", "2"]);
     cmd.output().expect("run headclip")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn copy(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-    std::fs::copy(from, to).unwrap();
 }
 
 fn bottle(rel: &str) -> PathBuf {

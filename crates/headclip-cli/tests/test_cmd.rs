@@ -6,29 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod common;
-use common::{shared_data, tiny};
+use common::{copy, shared_data, text};
 
 /// Runs `headclip test` with the tiny model and `args`.
 fn headclip_test(args: &[String]) -> Output {
-    let mut cmd = common::headclip();
-    cmd.arg("test")
-        .arg("--weights")
-        .arg(tiny("clip_openai.safetensors"))
-        .arg("--params")
-        .arg(tiny("params_learned.safetensors"))
-        .args(["--threads", "2"])
-        .args(args);
-    cmd.output().expect("run headclip")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn copy(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-    std::fs::copy(from, to)
-        .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
+    common::headclip_tiny_learned("test")
+        .args(args)
+        .output()
+        .expect("run headclip")
 }
 
 /// A small MVTec AD layout under `root/bottle`: `good` normal images and, per defect, anomalous

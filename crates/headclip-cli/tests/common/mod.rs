@@ -32,6 +32,30 @@ pub fn headclip() -> Command {
     command
 }
 
+/// `headclip COMMAND` with the tiny model and its learned parameters, on 2 threads.
+pub fn headclip_tiny_learned(command: &str) -> Command {
+    let mut cmd = headclip();
+    cmd.arg(command)
+        .arg("--weights")
+        .arg(tiny("clip_openai.safetensors"))
+        .arg("--params")
+        .arg(tiny("params_learned.safetensors"))
+        .args(["--threads", "2"]);
+    cmd
+}
+
+/// A process's output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Copies a file, making the destination's folders.
+pub fn copy(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
+}
+
 /// The string metadata of a safetensors file's header.
 pub fn safetensors_metadata(path: &Path) -> HashMap<String, String> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
