@@ -137,27 +137,22 @@ mod tests {
     #[test]
     fn vit_l_14_336_at_518_is_about_1_21_tflop() {
         let readout = [6, 12, 18, 24];
-        let got = workload_flops(
-            &vision(1024, 24, 16, 14),
-            &WorkloadShape {
-                side: 518,
-                dpam_start: 6,
-                readout: &readout,
-                embed_dim: 768,
-                few_shot_references: 0,
-            },
-        );
+        let shape = WorkloadShape {
+            side: 518,
+            dpam_start: 6,
+            readout: &readout,
+            embed_dim: 768,
+            few_shot_references: 0,
+        };
+        let got = workload_flops(&vision(1024, 24, 16, 14), &shape);
         assert!((got.trunk / 1e12 - 1.21426).abs() < 1e-5, "{}", got.trunk);
         assert!((got.total / 1e12 - 1.22289).abs() < 1e-5, "{}", got.total);
         // Few-shot with K = 4: 4 layers × 1369 × 5476 × 768 × 2 ≈ 46.06 GFLOP more.
         let k4 = workload_flops(
             &vision(1024, 24, 16, 14),
             &WorkloadShape {
-                side: 518,
-                dpam_start: 6,
-                readout: &readout,
-                embed_dim: 768,
                 few_shot_references: 4,
+                ..shape
             },
         );
         assert!((k4.few_shot / 1e9 - 46.059).abs() < 1e-3, "{}", k4.few_shot);
