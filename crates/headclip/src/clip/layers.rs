@@ -164,18 +164,19 @@ pub struct Mlp {
     c_fc: Linear,
     activation: Activation,
     c_proj: Linear,
-    /// `1.702·b_fc`, for QuickGELU (see [`Mlp::forward`]).
-    c_fc_bias_scaled: Tensor,
+    /// `1.702·b_fc` where QuickGELU runs fused, in fp32 (see [`Mlp::forward`]).
+    fused_quick_gelu_bias: Option<Tensor>,
 }
 
 impl Mlp {
     fn new(c_fc: Linear, activation: Activation, c_proj: Linear) -> Self {
-        let c_fc_bias_scaled = &c_fc.bias * QUICK_GELU_SCALE;
+        let fused = activation == Activation::QuickGelu && c_fc.weight.kind() == Kind::Float;
+        let fused_quick_gelu_bias = fused.then(|| &c_fc.bias * QUICK_GELU_SCALE);
         Self {
             c_fc,
             activation,
             c_proj,
-            c_fc_bias_scaled,
+            fused_quick_gelu_bias,
         }
     }
 
@@ -185,19 +186,18 @@ impl Mlp {
     /// scaled bias and product would round once more (a bf16 training step's focal loss went
     /// from 0.6% to 2% off fp32's), so there the activation keeps its own form.
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        if let Some(bias) = &self.fused_quick_gelu_bias {
+            let mut h = self.c_fc.forward_scaled(x, QUICK_GELU_SCALE, bias);
+            let h = if h.requires_grad() {
+                h.silu()
+            } else {
+                h.silu_()
+            };
+            return self
+                .c_proj
+                .forward_scaled(&h, 1.0 / QUICK_GELU_SCALE, &self.c_proj.bias);
+        }
         match self.activation {
-            Activation::QuickGelu if self.c_fc.weight.kind() == Kind::Float => {
-                let mut h = self
-                    .c_fc
-                    .forward_scaled(x, QUICK_GELU_SCALE, &self.c_fc_bias_scaled);
-                let h = if h.requires_grad() {
-                    h.silu()
-                } else {
-                    h.silu_()
-                };
-                self.c_proj
-                    .forward_scaled(&h, 1.0 / QUICK_GELU_SCALE, &self.c_proj.bias)
-            }
             Activation::QuickGelu => self.c_proj.forward(&quick_gelu(self.c_fc.forward(x))),
             Activation::Gelu => {
                 let mut h = self.c_fc.forward(x);
