@@ -290,15 +290,7 @@ impl Server {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         keep_tail(child.stderr.take(), stderr.clone());
         let stdout = child.stdout.take().context("server stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on http://") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
-        let Ok(addr) = rx.recv_timeout(Duration::from_secs(120)) else {
+        let Some(addr) = announced_address(stdout, Duration::from_secs(120)) else {
             let _ = child.kill();
             bail!(
                 "headclip serve did not start: {}",
@@ -658,6 +650,21 @@ fn image_span(body: &[u8]) -> (usize, usize) {
     };
     let end = find(body, format!("\r\n--{BOUNDARY}").as_bytes(), start).unwrap_or(body.len());
     (start, end)
+}
+
+/// The address `headclip serve` announces on its standard output (`listening on http://ADDR`),
+/// or `None` if none comes within `timeout`. The rest of the output is read and dropped, so the
+/// server never blocks on a full pipe.
+pub fn announced_address(stdout: std::process::ChildStdout, timeout: Duration) -> Option<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on http://") {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    rx.recv_timeout(timeout).ok()
 }
 
 #[cfg(test)]
